@@ -1,0 +1,7 @@
+"""``python -m lazyreg``: the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Alignment: global steps (features, random search, SimpleITK) and their pipeline."""

@@ -1,0 +1,269 @@
+"""Images as xarray DataArrays with physical coordinates: construction, grids and validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .errors import LazyregError
+
+__all__ = ["DIMS", "Grid", "image", "grid", "spacing", "origin", "validate_image", "grid_of"]
+
+DIMS = ("z", "y", "x")
+_SPACING_ATTR = "spacing"
+_RTOL = 1e-5
+
+
+def _triple(value: Any, what: str, argname: str = "spacing") -> tuple[float, float, float]:
+    """Broadcast a scalar or 3-sequence to a float triple, with a clear error otherwise."""
+    arr = np.asarray(value, dtype=float) if not isinstance(value, str) else None
+    if arr is None or arr.ndim > 1 or (arr.ndim == 1 and arr.size != 3):
+        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x) for {what}, got {value!r}")
+    arr = np.broadcast_to(arr, (3,))
+    if not np.all(np.isfinite(arr)):
+        raise LazyregError(f"{argname}: {what} must be finite, got {tuple(arr.tolist())}")
+    return tuple(float(v) for v in arr)  # type: ignore[return-value]
+
+
+def _check_spacing(value: Any, argname: str = "spacing") -> tuple[float, float, float]:
+    sp = _triple(value, "voxel spacing", argname)
+    if min(sp) <= 0:
+        raise LazyregError(f"{argname}: voxel spacing must be positive, got {sp}")
+    return sp
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A regular voxel grid in physical space: voxel centres at ``origin + index * spacing``.
+
+    All triples are in (z, y, x) order.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "spacing", _check_spacing(self.spacing))
+        object.__setattr__(self, "origin", _triple(self.origin, "origin", "origin"))
+
+    def coords(self) -> dict[str, np.ndarray]:
+        """Voxel-centre coordinates for each dim."""
+        return {
+            d: self.origin[i] + np.arange(self.shape[i], dtype=np.float64) * self.spacing[i]
+            for i, d in enumerate(DIMS)
+        }
+
+    def to_index(self, points: np.ndarray) -> np.ndarray:
+        """Physical (N, 3) points -> continuous voxel indices (N, 3)."""
+        return (np.asarray(points, dtype=float) - np.asarray(self.origin)) / np.asarray(self.spacing)
+
+    def to_physical(self, index: np.ndarray) -> np.ndarray:
+        """Continuous voxel indices (N, 3) -> physical (N, 3) points."""
+        return np.asarray(index, dtype=float) * np.asarray(self.spacing) + np.asarray(self.origin)
+
+    @property
+    def extent(self) -> tuple[np.ndarray, np.ndarray]:
+        """Physical positions of the first and the last voxel centre."""
+        lo = np.asarray(self.origin)
+        return lo, lo + (np.asarray(self.shape) - 1) * np.asarray(self.spacing)
+
+
+def image(
+    data: Any,
+    spacing: float | Sequence[float],
+    origin: float | Sequence[float] = (0.0, 0.0, 0.0),
+    *,
+    name: str | None = None,
+    units: str = "micrometer",
+) -> xr.DataArray:
+    """Wrap a 3D (z, y, x) array into an image with physical coordinates.
+
+    Parameters
+    ----------
+    data : array_like or dask.array.Array
+        Voxel values in (z, y, x) order. Dask arrays stay lazy; nothing is computed.
+    spacing : float or sequence of 3 floats
+        Voxel size in (z, y, x), in ``units``. Must be positive.
+    origin : float or sequence of 3 floats, optional
+        Physical position of the centre of voxel (0, 0, 0).
+    name : str, optional
+        Name of the DataArray.
+    units : str, optional
+        Physical unit of spacing and origin (an OME-Zarr unit name).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``("z", "y", "x")``, float64 coordinates ``origin + index * spacing``; the spacing is
+        also kept in ``attrs["spacing"]`` so that it survives length-1 axes.
+
+    Raises
+    ------
+    LazyregError
+        If ``data`` is not 3D, empty, non-numeric, or spacing/origin are invalid.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> img = lazyreg.image(np.zeros((4, 5, 6)), spacing=(2.0, 0.5, 0.5), origin=(10, 0, 0))
+    >>> lazyreg.spacing(img), lazyreg.origin(img[1:])
+    ((2.0, 0.5, 0.5), (12.0, 0.0, 0.0))
+    """
+    if isinstance(data, xr.DataArray):
+        data = data.data
+    if not isinstance(data, da.Array):
+        data = np.asarray(data)
+    _check_array(data, "data")
+    g = Grid(data.shape, _check_spacing(spacing), _triple(origin, "origin", "origin"))
+    return xr.DataArray(
+        data,
+        dims=DIMS,
+        coords=g.coords(),
+        name=name,
+        attrs={_SPACING_ATTR: g.spacing, "units": units},
+    )
+
+
+def grid(
+    shape: Sequence[int],
+    spacing: float | Sequence[float],
+    origin: float | Sequence[float] = (0.0, 0.0, 0.0),
+    *,
+    chunks: Any = "auto",
+    units: str = "micrometer",
+) -> xr.DataArray:
+    """An image that only defines a grid: lazy zeros that are never meant to be read.
+
+    Use it as the ``fixed`` argument of :func:`lazyreg.apply_transform` to resample onto any grid.
+
+    Examples
+    --------
+    >>> import lazyreg
+    >>> g = lazyreg.grid((10, 20, 30), spacing=1.5)
+    >>> g.shape, lazyreg.spacing(g)
+    ((10, 20, 30), (1.5, 1.5, 1.5))
+    """
+    shape_t = tuple(int(s) for s in shape)
+    if len(shape_t) != 3:
+        raise LazyregError(f"shape: expected 3 sizes (z, y, x), got {tuple(shape)}")
+    return image(da.zeros(shape_t, dtype=np.uint8, chunks=chunks), spacing, origin, units=units)
+
+
+def _check_array(data: Any, argname: str) -> None:
+    if data.ndim != 3:
+        raise LazyregError(
+            f"{argname}: expected a 3D (z, y, x) array, got {data.ndim} dimensions with shape {data.shape}"
+        )
+    if 0 in data.shape:
+        raise LazyregError(f"{argname}: image is empty (shape {data.shape})")
+    dt = np.dtype(data.dtype)
+    if not (np.issubdtype(dt, np.number) or dt == np.bool_) or np.issubdtype(dt, np.complexfloating):
+        raise LazyregError(f"{argname}: expected a real numeric dtype, got {dt}")
+
+
+def _axis_spacing(img: xr.DataArray, i: int, d: str, argname: str) -> float:
+    c = np.asarray(img.coords[d].values, dtype=float)
+    if c.size >= 2:
+        steps = np.diff(c)
+        step = float(steps[0])
+        if step <= 0 or np.any(steps <= 0):
+            raise LazyregError(f"{argname}: coordinate '{d}' is not increasing")
+        if not np.allclose(steps, step, rtol=_RTOL, atol=0):
+            raise LazyregError(f"{argname}: coordinate '{d}' is not evenly spaced")
+        return step
+    sp = img.attrs.get(_SPACING_ATTR)
+    if sp is None or np.size(sp) != 3:
+        raise LazyregError(
+            f"{argname}: axis '{d}' has a single voxel and attrs['spacing'] is missing, so its spacing is unknown"
+        )
+    return float(np.asarray(sp, dtype=float)[i])
+
+
+def validate_image(img: Any, argname: str = "image") -> xr.DataArray:
+    """Check that ``img`` is a lazyreg image and return it unchanged.
+
+    An image is an :class:`xarray.DataArray` with dims ``("z", "y", "x")``, a real numeric dtype,
+    no empty axis, and 1-D, evenly spaced, increasing coordinates for every dim. Every public
+    entry point calls this; the error names ``argname`` and the problem. Data are never read.
+
+    Raises
+    ------
+    LazyregError
+        Naming ``argname`` and the first problem found.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> lazyreg.validate_image(np.zeros((2, 2, 2)), "moving")
+    Traceback (most recent call last):
+    ...
+    lazyreg.errors.LazyregError: moving: expected an xarray.DataArray image (wrap arrays with lazyreg.image(data, spacing)), got ndarray
+    """
+    if not isinstance(img, xr.DataArray):
+        raise LazyregError(
+            f"{argname}: expected an xarray.DataArray image (wrap arrays with lazyreg.image(data, spacing)), "
+            f"got {type(img).__name__}"
+        )
+    if img.ndim != 3:
+        raise LazyregError(f"{argname}: expected 3 dims ('z', 'y', 'x'), got {img.ndim}: {img.dims}")
+    if tuple(img.dims) != DIMS:
+        if set(img.dims) == set(DIMS):
+            raise LazyregError(
+                f"{argname}: dims are {img.dims}, expected ('z', 'y', 'x'); use img.transpose('z', 'y', 'x')"
+            )
+        raise LazyregError(f"{argname}: dims are {img.dims}, expected ('z', 'y', 'x')")
+    _check_array(img, argname)
+    for i, d in enumerate(DIMS):
+        if d not in img.coords:
+            raise LazyregError(f"{argname}: coordinate '{d}' is missing (physical positions are unknown)")
+        if img.coords[d].ndim != 1 or img.coords[d].dims != (d,):
+            raise LazyregError(f"{argname}: coordinate '{d}' must be 1-D along dim '{d}'")
+        c = np.asarray(img.coords[d].values)
+        if not np.issubdtype(c.dtype, np.number) or not np.all(np.isfinite(c)):
+            raise LazyregError(f"{argname}: coordinate '{d}' must be finite numbers")
+        _axis_spacing(img, i, d, argname)
+    return img
+
+
+def spacing(img: xr.DataArray) -> tuple[float, float, float]:
+    """Voxel spacing (z, y, x) of an image, in physical units.
+
+    Read from the coordinates; for a length-1 axis from ``attrs["spacing"]``.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> lazyreg.spacing(lazyreg.image(np.zeros((1, 3, 3)), spacing=(4, 1, 1))[:, :1])
+    (4.0, 1.0, 1.0)
+    """
+    validate_image(img)
+    return tuple(_axis_spacing(img, i, d, "image") for i, d in enumerate(DIMS))  # type: ignore[return-value]
+
+
+def origin(img: xr.DataArray) -> tuple[float, float, float]:
+    """Physical position (z, y, x) of the centre of the first voxel.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> lazyreg.origin(lazyreg.image(np.zeros((3, 3, 3)), 2.0, origin=(1, 2, 3))[1:, 2:])
+    (3.0, 6.0, 3.0)
+    """
+    validate_image(img)
+    return tuple(float(img.coords[d].values[0]) for d in DIMS)  # type: ignore[return-value]
+
+
+def grid_of(img: xr.DataArray, argname: str = "image") -> Grid:
+    """The :class:`Grid` (shape, spacing, origin) of a validated image."""
+    validate_image(img, argname)
+    return Grid(
+        tuple(img.shape),
+        tuple(_axis_spacing(img, i, d, argname) for i, d in enumerate(DIMS)),
+        tuple(float(img.coords[d].values[0]) for d in DIMS),
+    )

@@ -1,0 +1,573 @@
+"""The lazy resampling engine: ``apply_transform`` builds one task per output chunk.
+
+How a task finds the moving voxels it needs is explained in ``docs/design.md``. In short:
+
+* Every transform in the list is *concrete* (values known now) or *lazy* (values computed by the
+  same graph). A physical box is pushed through the list in application order (last element
+  first): an affine maps the box to the box of its mapped corners; a displacement field widens it by
+  the extreme displacements over the part of the field the box touches (plus zero where the box
+  leaves the field's buffer, since points outside a field are not displaced).
+* If every transform is concrete, the moving box is known while building the graph, and the task
+  depends on exactly the moving chunks that intersect it (plus the margin of the interpolator).
+* If a transform is lazy, the box is known only inside the task. The task then receives the small
+  transform values as dependencies and reads its moving box itself from the image's store
+  (:func:`lazyreg.io.source.find_source`), or, for a lazy field, the box is bounded by a stated
+  ``max_displacement`` and checked at run time. A moving image that is neither store-backed nor
+  small is refused with advice instead of making every task depend on the whole volume.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import warnings
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Sequence
+
+import dask.array as da
+import numpy as np
+import SimpleITK as sitk
+import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+from .errors import LazyregError, LazyregWarning
+from .image import Grid, grid_of, validate_image
+from .io.source import Source, find_source
+from .transforms.affine import Affine
+from .transforms.field import DisplacementField
+from .transforms.points import normalize_transforms
+
+__all__ = ["apply_transform"]
+
+#: Largest default output chunk, in bytes.
+CHUNK_LIMIT_BYTES = 128 * 2**20
+#: A moving image without a store may be read whole by every task (with a warning) up to this size.
+SMALL_MOVING_BYTES = 256 * 2**20
+#: Extra moving voxels read around the mapped box, by interpolation order. Cubic interpolation
+#: prefilters the region it reads; the prefilter's influence decays as 0.268**n voxels, so a
+#: margin of 12 keeps the difference from filtering the whole image below 1e-6 of the signal.
+MARGIN = {0: 1, 1: 1, 3: 12}
+_INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
+
+_CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=float)
+
+
+# --------------------------------------------------------------------------- boxes
+
+
+def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return lo + _CORNERS * (hi - lo)
+
+
+def _affine_box(matrix: np.ndarray, box: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    pts = _box_corners(*box) @ matrix[:3, :3].T + matrix[:3, 3]
+    return pts.min(0), pts.max(0)
+
+
+def _index_region(g: Grid, box: tuple[np.ndarray, np.ndarray], margin: int) -> tuple[slice, slice, slice] | None:
+    """Index slices of grid ``g`` covering the physical box with ``margin`` voxels; None if disjoint."""
+    idx = g.to_index(_box_corners(*box))
+    lo = np.floor(idx.min(0)).astype(np.int64) - margin
+    hi = np.ceil(idx.max(0)).astype(np.int64) + margin + 1
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, g.shape)
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def _leaves_buffer(g: Grid, box: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether part of the box lies outside the field buffer (continuous index [-0.5, n - 0.5])."""
+    idx = g.to_index(np.stack(box))
+    return bool(np.any(idx[0] < -0.5) or np.any(idx[1] > np.asarray(g.shape) - 0.5))
+
+
+def _field_box(
+    values: np.ndarray, full: Grid, box: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Box widened by the extreme displacements of ``values`` (the field over the box's region)."""
+    dmin = values.reshape(-1, 3).min(0)
+    dmax = values.reshape(-1, 3).max(0)
+    if not (np.all(np.isfinite(dmin)) and np.all(np.isfinite(dmax))):
+        raise LazyregError("transforms: displacement field contains NaN or infinite values")
+    if _leaves_buffer(full, box):
+        dmin, dmax = np.minimum(dmin, 0), np.maximum(dmax, 0)
+    return box[0] + dmin, box[1] + dmax
+
+
+def _sub_grid(g: Grid, region: Sequence[slice]) -> Grid:
+    start = np.array([s.start for s in region])
+    return Grid(tuple(s.stop - s.start for s in region), g.spacing, tuple(g.to_physical(start[None])[0]))
+
+
+# --------------------------------------------------------------------------- graph pieces
+
+
+@dataclass
+class _Refs:
+    """Keys of the chunks of a dask array that cover ``region``, and where each goes."""
+
+    keys: list
+    dst: list
+    src: list
+    shape: tuple
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, arr: da.Array, region: Sequence[slice]) -> "_Refs":
+        region = tuple(region) + tuple(slice(0, n) for n in arr.shape[len(region):])
+        keys, dst, src = [], [], []
+        per_axis = []
+        for ax, (sl, chunks) in enumerate(zip(region, arr.chunks)):
+            bounds = np.concatenate([[0], np.cumsum(chunks)])
+            hits = []
+            for b in range(len(chunks)):
+                lo, hi = max(sl.start, bounds[b]), min(sl.stop, bounds[b + 1])
+                if hi > lo:
+                    hits.append((b, slice(int(lo - sl.start), int(hi - sl.start)), slice(int(lo - bounds[b]), int(hi - bounds[b]))))
+            per_axis.append(hits)
+        for combo in itertools.product(*per_axis):
+            keys.append((arr.name, *[c[0] for c in combo]))
+            dst.append(tuple(c[1] for c in combo))
+            src.append(tuple(c[2] for c in combo))
+        shape = tuple(s.stop - s.start for s in region)
+        return cls(keys, dst, src, shape, arr.dtype)
+
+    def assemble(self, blocks: list[np.ndarray]) -> np.ndarray:
+        out = np.empty(self.shape, dtype=self.dtype)
+        for b, d, s in zip(blocks, self.dst, self.src):
+            out[d] = b[s]
+        return out
+
+
+@dataclass
+class _Step:
+    """One transform of the list, as a task sees it."""
+
+    kind: str  # "affine" or "field"
+    matrix: np.ndarray | None = None  # concrete affine
+    values: np.ndarray | None = None  # concrete field values over ``region`` (numpy-backed fields)
+    full: Grid | None = None  # the whole field grid
+    region: tuple | None = None  # field index region this task uses (None: whole field)
+    refs: _Refs | None = None  # chunks the task receives for a lazy value
+    max_displacement: np.ndarray | None = None
+
+
+@dataclass
+class _Plan:
+    """Everything one output-chunk task needs besides its dependencies."""
+
+    out: Grid
+    moving: Grid
+    steps: list[_Step]
+    order: int
+    fill_value: float
+    dtype: np.dtype
+    threads: int
+    region: tuple | None = None  # moving index region, when known at build time
+    moving_refs: _Refs | None = None
+    source: tuple | None = None  # (Source, start, step) to read the region in the task
+    extra: dict = dc_field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def _concrete_steps(plan: _Plan, dep_blocks: list[list[np.ndarray]]) -> list[tuple[str, Any, Any]]:
+    """Resolve every step into ("affine", matrix, None) or ("field", values, grid)."""
+    out = []
+    it = iter(dep_blocks)
+    for st in plan.steps:
+        if st.kind == "affine":
+            m = st.matrix if st.refs is None else st.refs.assemble(next(it))
+            if not np.all(np.isfinite(m)):
+                raise LazyregError("transforms: an affine matrix computed to NaN or infinite values")
+            out.append(("affine", np.asarray(m, dtype=float), None))
+        else:
+            if st.region is None and st.refs is None and st.values is None:
+                out.append(("field", None, None))  # the task's box misses the field: no displacement
+                continue
+            vals = st.values if st.refs is None else st.refs.assemble(next(it))
+            region = st.region if st.region is not None else tuple(slice(0, n) for n in st.full.shape)
+            out.append(("field", vals, _sub_grid(st.full, region)))
+    return out
+
+
+def _box_through(steps: list[tuple[str, Any, Any]], plan: _Plan, box):
+    """Push the output chunk's box through concrete steps (last first); check stated bounds."""
+    for (kind, a, g), st in zip(reversed(steps), reversed(plan.steps)):
+        if kind == "affine":
+            box = _affine_box(a, box)
+        elif a is not None:
+            new = _field_box(a, st.full, box)
+            if st.max_displacement is not None:
+                if np.any(box[0] - new[0] > st.max_displacement + 1e-9) or np.any(new[1] - box[1] > st.max_displacement + 1e-9):
+                    raise LazyregError(
+                        "max_displacement: the displacement field exceeds the stated bound "
+                        f"{tuple(st.max_displacement)}; pass a larger max_displacement"
+                    )
+            box = new
+    return box
+
+
+def _to_sitk_transform(steps: list[tuple[str, Any, Any]]) -> sitk.Transform:
+    parts: list[sitk.Transform] = []
+    pending: np.ndarray | None = None
+    for kind, a, g in steps:
+        if kind == "affine":
+            pending = a if pending is None else pending @ a
+            continue
+        if a is None:
+            continue
+        if pending is not None:
+            parts.append(Affine(pending).to_sitk())
+            pending = None
+        parts.append(DisplacementField.from_array(a, g.spacing, g.origin).to_sitk())
+    if pending is not None:
+        parts.append(Affine(pending).to_sitk())
+    if not parts:
+        return sitk.Transform(3, sitk.sitkIdentity)
+    if len(parts) == 1:
+        return parts[0]
+    comp = sitk.CompositeTransform(3)
+    for p in parts:  # ITK applies the last added first, as our lists do
+        comp.AddTransform(p)
+    return comp
+
+
+def resample_array(
+    values: np.ndarray,
+    values_grid: Grid,
+    out: Grid,
+    steps: list[tuple[str, Any, Any]],
+    *,
+    order: int,
+    fill_value: float,
+    dtype: np.dtype,
+    threads: int = 1,
+) -> np.ndarray:
+    """Resample an in-memory moving region onto the ``out`` grid with SimpleITK (one task's work)."""
+    work = np.float64 if values.dtype == np.float64 else np.float32
+    img = sitk.GetImageFromArray(np.ascontiguousarray(values, dtype=work))
+    img.SetSpacing(values_grid.spacing[::-1])
+    img.SetOrigin(values_grid.origin[::-1])
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(s) for s in out.shape[::-1]])
+    f.SetOutputSpacing(out.spacing[::-1])
+    f.SetOutputOrigin(out.origin[::-1])
+    f.SetTransform(_to_sitk_transform(steps))
+    f.SetInterpolator(_INTERPOLATORS[order])
+    f.SetDefaultPixelValue(float(fill_value))
+    f.SetOutputPixelType(sitk.sitkFloat64 if work == np.float64 else sitk.sitkFloat32)
+    f.SetNumberOfThreads(int(threads))
+    res = sitk.GetArrayFromImage(f.Execute(img))
+    return _cast(res, dtype)
+
+
+def _cast(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.bool_:
+        return res >= 0.5
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(res), info.min, info.max).astype(dtype)
+    return res.astype(dtype, copy=False)
+
+
+def _resample_chunk(plan: _Plan, moving_blocks: list, *dep_blocks: list) -> np.ndarray:
+    steps = _concrete_steps(plan, list(dep_blocks))
+    region = plan.region
+    if region is None:
+        lo = np.asarray(plan.out.origin)
+        box = _box_through(steps, plan, (lo, lo + (np.asarray(plan.out.shape) - 1) * np.asarray(plan.out.spacing)))
+        region = _index_region(plan.moving, box, MARGIN[plan.order])
+        if region is None:
+            return np.full(plan.out.shape, plan.fill_value, dtype=plan.dtype)
+        if plan.source is not None:
+            src, start, step = plan.source
+            index = tuple(slice(a + s.start * b, a + (s.stop - 1) * b + 1, b) for s, a, b in zip(region, start, step))
+            values = src[index]
+        else:  # small moving image, every chunk at hand
+            values = plan.moving_refs.assemble(moving_blocks)[region]
+    else:
+        lo = np.asarray(plan.out.origin)
+        if any(st.max_displacement is not None for st in plan.steps):
+            _box_through(steps, plan, (lo, lo + (np.asarray(plan.out.shape) - 1) * np.asarray(plan.out.spacing)))
+        values = plan.moving_refs.assemble(moving_blocks)
+    return resample_array(
+        values,
+        _sub_grid(plan.moving, region),
+        plan.out,
+        steps,
+        order=plan.order,
+        fill_value=plan.fill_value,
+        dtype=plan.dtype,
+        threads=plan.threads,
+    )
+
+
+def _fill_chunk(shape: tuple, fill_value: float, dtype: np.dtype) -> np.ndarray:
+    return np.full(shape, fill_value, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- graph building
+
+
+def _threads_per_task(nchunks: int) -> int:
+    """ITK threads per task: share the cores among the tasks that can run at once."""
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, min(nchunks, cores)))
+
+
+def _default_chunks(fixed: Grid, moving: xr.DataArray, dtype: np.dtype, chunks: Any) -> tuple:
+    if chunks is None:
+        prev = moving.data.chunksize if isinstance(moving.data, da.Array) else None
+        if prev is not None and np.prod(prev) * dtype.itemsize <= CHUNK_LIMIT_BYTES:
+            chunks = tuple(min(int(c), n) for c, n in zip(prev, fixed.shape))
+        else:
+            chunks = "auto"
+    try:
+        return da.core.normalize_chunks(chunks, shape=fixed.shape, limit=CHUNK_LIMIT_BYTES, dtype=dtype)
+    except (ValueError, TypeError) as e:
+        raise LazyregError(f"chunks: {e}") from None
+
+
+def _chunk_grids(g: Grid, chunks: tuple):
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in chunks]
+    for idx in itertools.product(*[range(len(c)) for c in chunks]):
+        start = np.array([starts[a][i] for a, i in enumerate(idx)])
+        shape = tuple(int(chunks[a][i]) for a, i in enumerate(idx))
+        yield idx, Grid(shape, g.spacing, tuple(g.to_physical(start[None])[0]))
+
+
+@dataclass
+class _Prepared:
+    """A transform of the list, prepared once for every chunk."""
+
+    kind: str
+    lazy: bool
+    matrix: np.ndarray | None = None  # concrete affine
+    array: da.Array | None = None  # lazy affine (4, 4) or field (Z, Y, X, 3), vector in one chunk
+    values: np.ndarray | None = None  # concrete (numpy-backed) field values
+    full: Grid | None = None
+    max_displacement: np.ndarray | None = None
+
+
+def _prepare(transforms: list, max_displacement: Any) -> list[_Prepared]:
+    out = []
+    for t in transforms:
+        if isinstance(t, Affine):
+            if t.is_lazy:
+                out.append(_Prepared("affine", True, array=t.matrix.rechunk((4, 4))))
+            else:
+                out.append(_Prepared("affine", False, matrix=np.asarray(t.matrix, dtype=float)))
+        else:
+            data = t.data.data
+            full = t.grid
+            if isinstance(data, da.Array):
+                arr = data.rechunk({3: 3})
+                md = None
+                if max_displacement is not None:
+                    md = np.broadcast_to(np.asarray(max_displacement, dtype=float), (3,)).copy()
+                    if np.any(md < 0) or not np.all(np.isfinite(md)):
+                        raise LazyregError(f"max_displacement: expected non-negative finite values, got {max_displacement!r}")
+                out.append(_Prepared("field", True, array=arr, full=full, max_displacement=md))
+            else:
+                vals = np.asarray(data)
+                if not np.all(np.isfinite(vals)):
+                    raise LazyregError("transforms: displacement field contains NaN or infinite values")
+                out.append(_Prepared("field", False, values=vals, full=full))
+    return out
+
+
+def _plan_steps(prepared: list[_Prepared], box) -> tuple[list[_Step], list[_Refs], Any]:
+    """Steps for one chunk, the lazy dependencies they need, and the moving box (None if unknown)."""
+    steps: list[_Step | None] = [None] * len(prepared)
+    refs: list[_Refs | None] = [None] * len(prepared)
+    for i in reversed(range(len(prepared))):
+        p = prepared[i]
+        if p.kind == "affine":
+            if p.lazy:
+                refs[i] = _Refs.of(p.array, (slice(0, 4), slice(0, 4)))
+                steps[i] = _Step("affine", refs=refs[i])
+                box = None
+            else:
+                steps[i] = _Step("affine", matrix=p.matrix)
+                box = _affine_box(p.matrix, box) if box is not None else None
+            continue
+        region = None if box is None else _index_region(p.full, box, 1)
+        if box is not None and region is None:
+            steps[i] = _Step("field", full=p.full)  # the box misses the field: nothing is displaced
+            continue
+        if p.lazy:
+            full_region = tuple(slice(0, n) for n in p.full.shape)
+            refs[i] = _Refs.of(p.array, region if region is not None else full_region)
+            steps[i] = _Step("field", full=p.full, region=region, refs=refs[i], max_displacement=p.max_displacement)
+            if box is not None and p.max_displacement is not None:
+                box = (box[0] - p.max_displacement, box[1] + p.max_displacement)
+            else:
+                box = None
+        else:
+            if region is None:
+                region = tuple(slice(0, n) for n in p.full.shape)
+            vals = p.values[region]
+            steps[i] = _Step("field", values=vals, full=p.full, region=region)
+            if box is not None:
+                box = _field_box(vals, p.full, box)
+    return steps, [r for r in refs if r is not None], box
+
+
+def _check_order(order: Any) -> int:
+    if order not in MARGIN or isinstance(order, bool):
+        raise LazyregError(f"order: expected 0 (nearest), 1 (linear) or 3 (cubic), got {order!r}")
+    return int(order)
+
+
+def apply_transform(
+    fixed: xr.DataArray,
+    moving: xr.DataArray,
+    transforms: Any = (),
+    *,
+    order: int = 1,
+    fill_value: float = 0,
+    chunks: Any = None,
+    max_displacement: float | Sequence[float] | None = None,
+) -> xr.DataArray:
+    """Resample ``moving`` onto the grid of ``fixed`` through a list of transforms, lazily.
+
+    For every voxel centre ``x`` of ``fixed`` the result holds ``moving(T1(T2(...Tn(x))))`` for
+    ``transforms = [T1, ..., Tn]`` (transforms map fixed physical points to moving ones).
+    Nothing is computed here: the result is a dask-backed DataArray with one task per output chunk,
+    and each task reads only the part of ``moving`` that its chunk maps into.
+
+    Parameters
+    ----------
+    fixed : xarray.DataArray
+        Defines the output grid (shape, spacing, origin); its data are never read. Use
+        :func:`lazyreg.grid` for a grid without data.
+    moving : xarray.DataArray
+        The image to resample, lazy or in memory, on its own grid.
+    transforms : Affine, DisplacementField or sequence of them
+        Concrete or lazy (dask-backed) transforms; empty means identity.
+    order : {0, 1, 3}
+        Interpolation: nearest neighbour, linear, or cubic B-spline.
+    fill_value : float
+        Value of voxels that map outside ``moving`` (continuous index outside [-0.5, n - 0.5]).
+    chunks : int, tuple or "auto", optional
+        Output chunks. Default: moving's chunk size, capped so a chunk is at most 128 MiB.
+    max_displacement : float or 3 floats, optional
+        Physical bound on the displacement of lazy fields. With it, tasks depend on the moving
+        chunks inside the bound (checked when the field is computed: exceeding it raises) instead
+        of reading their region from the moving image's store.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy image on the fixed grid, with the fixed coordinates and the dtype of ``moving``
+        (integers are rounded and clipped, not wrapped).
+
+    Raises
+    ------
+    LazyregError
+        Bad images, transforms or options; or lazy transforms with a moving image that is neither
+        store-backed (opened with :func:`lazyreg.open_image`) nor small.
+
+    Notes
+    -----
+    Interpolation runs in SimpleITK inside each task, with ITK threads set so that the tasks dask
+    runs at once do not oversubscribe the cores. Cubic interpolation prefilters each task's region
+    with a margin of ``MARGIN[3]`` voxels. See ``docs/design.md`` for lazy transforms.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> moving = lazyreg.image(np.arange(1000.0).reshape(10, 10, 10), spacing=1.0)
+    >>> shift = lazyreg.Affine.from_translation((1.0, 0.0, 0.0))
+    >>> out = lazyreg.apply_transform(moving, moving, [shift])
+    >>> float(out[0, 0, 0]), float(moving[1, 0, 0])
+    (100.0, 100.0)
+    """
+    validate_image(fixed, "fixed")
+    validate_image(moving, "moving")
+    order = _check_order(order)
+    transforms = normalize_transforms(transforms, "transforms")
+    try:
+        fill = float(fill_value)
+    except (TypeError, ValueError):
+        raise LazyregError(f"fill_value: expected a number, got {fill_value!r}") from None
+    g_out = grid_of(fixed, "fixed")
+    g_mov = grid_of(moving, "moving")
+    dtype = np.dtype(moving.dtype)
+    fill_cast = _cast(np.array([fill]), dtype)[0]
+    out_chunks = _default_chunks(g_out, moving, dtype, chunks)
+    prepared = _prepare(transforms, max_displacement)
+
+    mov_arr = moving.data
+    if not isinstance(mov_arr, da.Array):
+        mov_arr = da.from_array(np.asarray(mov_arr), chunks="auto", name="lazyreg-moving-" + tokenize(np.asarray(mov_arr)))
+    source = find_source(moving)
+
+    nchunks = int(np.prod([len(c) for c in out_chunks]))
+    threads = _threads_per_task(nchunks)
+    name = "apply-transform-" + tokenize(
+        g_out, g_mov, mov_arr.name, [_token(p) for p in prepared], order, fill, out_chunks, max_displacement
+    )
+    dsk: dict = {}
+    deps: list[da.Array] = [mov_arr] + [p.array for p in prepared if p.array is not None]
+    whole_moving: _Refs | None = None
+    src_key = None
+    for idx, g_chunk in _chunk_grids(g_out, out_chunks):
+        lo = np.asarray(g_chunk.origin)
+        box = (lo, lo + (np.asarray(g_chunk.shape) - 1) * np.asarray(g_chunk.spacing))
+        steps, refs, box = _plan_steps(prepared, box)
+        plan = _Plan(g_chunk, g_mov, steps, order, fill_cast, dtype, threads)
+        key = (name, *idx)
+        dep_keys = [r.keys for r in refs]
+        if box is not None:
+            region = _index_region(g_mov, box, MARGIN[order])
+            if region is None:
+                dsk[key] = (_fill_chunk, g_chunk.shape, fill_cast, dtype)
+                continue
+            plan.region = region
+            plan.moving_refs = _Refs.of(mov_arr, region)
+            dsk[key] = (_resample_chunk, plan, plan.moving_refs.keys, *dep_keys)
+        elif source is not None:
+            if src_key is None:
+                src_key = "lazyreg-source-" + tokenize(source[0].token(), source[1], source[2])
+                dsk[src_key] = source[0]
+            plan.source = (source[0], source[1], source[2])
+            dsk[key] = (_resample_chunk, plan, [], *dep_keys)
+        else:
+            if whole_moving is None:
+                whole_moving = _whole_moving_refs(mov_arr, moving)
+            plan.moving_refs = whole_moving
+            dsk[key] = (_resample_chunk, plan, whole_moving.keys, *dep_keys)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
+    arr = da.Array(graph, name, chunks=out_chunks, meta=np.empty((0, 0, 0), dtype=dtype))
+    out = xr.DataArray(arr, dims=fixed.dims, coords={d: fixed.coords[d].values for d in fixed.dims}, name=moving.name)
+    out.attrs.update({"spacing": g_out.spacing, "units": moving.attrs.get("units", fixed.attrs.get("units", "micrometer"))})
+    return out
+
+
+def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> _Refs:
+    if mov_arr.nbytes > SMALL_MOVING_BYTES:
+        raise LazyregError(
+            "moving: the transforms are lazy, so which moving voxels each output chunk needs is known only "
+            f"when they are computed, and this {mov_arr.nbytes / 2**30:.1f} GiB moving image is not read from "
+            "a store lazyreg can read regions of. Write it first with lazyreg.to_zarr(moving, path) and "
+            "reopen it with lazyreg.open_image(path), or compute the transforms first (t.compute()), "
+            "or bound lazy fields with max_displacement="
+        )
+    warnings.warn(
+        "moving is not store-backed and the transforms are lazy: every output chunk depends on the whole "
+        f"moving image ({mov_arr.nbytes / 2**20:.0f} MiB). Open it with lazyreg.open_image to read regions only.",
+        LazyregWarning,
+        stacklevel=3,
+    )
+    return _Refs.of(mov_arr, tuple(slice(0, n) for n in mov_arr.shape))
+
+
+def _token(p: _Prepared) -> Any:
+    if p.array is not None:
+        return (p.kind, p.array.name, p.full)
+    return (p.kind, tokenize(p.matrix if p.matrix is not None else p.values), p.full)

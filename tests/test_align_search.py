@@ -1,0 +1,69 @@
+"""Tests for lazyreg.align.search.random_affine_search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import lazyreg
+from lazyreg import LazyregError
+from lazyreg.align.search import _rotation, random_affine_search
+from lazyreg.data import synthetic_pair
+from lazyreg.image import grid_of
+
+
+def mean_voxel_error(est, truth, fixed, step=4):
+    g = grid_of(fixed)
+    idx = np.stack(np.meshgrid(*[np.arange(0, s, step) for s in g.shape], indexing="ij"), -1).reshape(-1, 3)
+    p = g.to_physical(idx)
+    d = (p @ est[:3, :3].T + est[:3, 3]) - (p @ truth[:3, :3].T + truth[:3, 3])
+    return float(np.linalg.norm(d / np.asarray(g.spacing), axis=1).mean())
+
+
+def _rotated_pair(angles, shift=(4.0, -6.0, 5.0), seed=2):
+    shape, spacing = (64, 128, 128), (2.0, 1.0, 1.0)
+    centre = np.array([63.0, 63.5, 63.5])
+    m = np.eye(4)
+    m[:3, :3] = _rotation(np.array([angles], dtype=float))[0]
+    m[:3, 3] = centre - m[:3, :3] @ centre + np.asarray(shift)
+    return synthetic_pair(shape, spacing, matrix=m, seed=seed)
+
+
+def test_rotation_helper_is_orthonormal_and_matches_axes():
+    R = _rotation(np.array([[90.0, 0, 0]]))[0]
+    np.testing.assert_allclose(R @ [0, 1, 0], [0, 0, 1], atol=1e-12)  # about z: y -> x
+    Rs = _rotation(np.random.default_rng(0).uniform(-40, 40, (5, 3)))
+    np.testing.assert_allclose(Rs @ Rs.transpose(0, 2, 1), np.repeat(np.eye(3)[None], 5, 0), atol=1e-12)
+
+
+def test_recovers_a_20_degree_rotation_roughly():
+    fixed, moving, truth = _rotated_pair((20.0, 5.0, -4.0))
+    est, report = random_affine_search(fixed, moving, seed=0)
+    assert mean_voxel_error(np.eye(4), truth, fixed) > 10
+    assert mean_voxel_error(est, truth, fixed) < 5.0  # close enough for an affine refinement
+    assert report["score"] > report["score_initial"] + 0.3
+
+
+def test_deterministic_for_a_seed():
+    fixed, moving, _ = _rotated_pair((8.0, 0.0, 0.0))
+    a, _ = random_affine_search(fixed, moving, candidates=100, refine_rounds=0, seed=3)
+    b, _ = random_affine_search(fixed, moving, candidates=100, refine_rounds=0, seed=3)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_inputs():
+    fixed, moving, _ = synthetic_pair((16, 24, 24), seed=0)
+    with pytest.raises(LazyregError, match="candidates"):
+        random_affine_search(fixed, moving, candidates=0)
+    with pytest.raises(LazyregError, match="max_rotation"):
+        random_affine_search(fixed, moving, max_rotation=-5)
+    with pytest.raises(LazyregError, match="max_scale"):
+        random_affine_search(fixed, moving, max_scale=1.5)
+    with pytest.raises(LazyregError, match="constant"):
+        random_affine_search(fixed, moving * 0)
+    nan = fixed.astype(float).copy()
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(LazyregError, match="NaN"):
+        random_affine_search(nan, moving)
+    with pytest.raises(LazyregError, match="fixed_mask: the mask is empty"):
+        random_affine_search(fixed, moving, fixed_mask=lazyreg.image(np.zeros(fixed.shape, bool), lazyreg.spacing(fixed)))

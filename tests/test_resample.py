@@ -1,0 +1,325 @@
+"""Tests for lazyreg.resample.apply_transform: lazy result == eager reference, laziness, reads."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from dask.callbacks import Callback
+
+import lazyreg
+from lazyreg import Affine, DisplacementField, LazyregError, LazyregWarning, apply_transform, transform_points
+from lazyreg.image import grid_of
+
+from _helpers import counting_image, grid_points, scipy_reference, sitk_reference, smooth_volume
+
+
+class TaskCounter(Callback):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def _pretask(self, key, dsk, state):
+        self.n += 1
+
+
+def _moving(shape=(40, 50, 60), spacing=(2.0, 1.0, 1.2), origin=(-3.0, 5.0, 2.0), chunks=(16, 16, 16), dtype=np.float32, seed=0):
+    v = smooth_volume(shape, seed=seed, dtype=dtype)
+    return lazyreg.image(da.from_array(v, chunks=chunks), spacing, origin)
+
+
+def _rot30_shear_scale(centre):
+    return Affine.from_parameters(rotation=(30.0, 5.0, -4.0), scale=(1.1, 0.95, 1.05), shear=(0.05, 0.0, 0.03),
+                                  translation=(2.0, -3.0, 1.5), center=centre)
+
+
+def _centre(img):
+    lo, hi = grid_of(img).extent
+    return (lo + hi) / 2
+
+
+def _assert_matches(lazy, ref, rtol=1e-4):
+    scale = max(1.0, float(np.abs(ref).max()))
+    np.testing.assert_allclose(np.asarray(lazy, dtype=np.float64), ref, rtol=0, atol=rtol * scale)
+
+
+# ------------------------------------------------------------------------------------------ affine
+
+
+@pytest.mark.parametrize("chunks", [None, (17, 17, 17), ((5, 14, 11), (30, 7, 8), (1, 40, 9))])
+def test_affine_equals_sitk_eager_reference(chunks):
+    moving = _moving()
+    fixed = lazyreg.grid((30, 45, 50), spacing=(1.5, 1.1, 1.3), origin=(1.0, 2.0, 3.0))
+    A = _rot30_shear_scale(_centre(moving))
+    out = apply_transform(fixed, moving, [A], chunks=chunks)
+    assert out.dims == ("z", "y", "x") and out.shape == fixed.shape and out.dtype == moving.dtype
+    np.testing.assert_array_equal(out.x.values, fixed.x.values)
+    if chunks is not None and not isinstance(chunks[0], tuple):
+        assert out.data.chunksize == (17, 17, 17)
+    ref = sitk_reference(fixed, moving, A.to_sitk())
+    _assert_matches(out.values, ref)
+    assert np.count_nonzero(ref) > 0.3 * ref.size  # the test is not vacuous
+
+
+def test_affine_equals_independent_scipy_reference():
+    moving = _moving()
+    fixed = lazyreg.grid((30, 45, 50), spacing=(1.5, 1.1, 1.3), origin=(1.0, 2.0, 3.0))
+    A = _rot30_shear_scale(_centre(moving))
+    out = apply_transform(fixed, moving, [A], chunks=(17, 17, 17)).values
+    ref, safe = scipy_reference(fixed, moving, A(grid_points(grid_of(fixed))))
+    np.testing.assert_allclose(out[safe], ref[safe], atol=1e-3 * ref.max())
+
+
+@pytest.mark.parametrize("order", [0, 3])
+def test_orders_match_reference(order):
+    moving = _moving(dtype=np.float32)
+    fixed = lazyreg.grid((24, 40, 40), spacing=(2.0, 1.0, 1.0), origin=(4.0, 8.0, 10.0))
+    A = _rot30_shear_scale(_centre(moving))
+    out = apply_transform(fixed, moving, A, order=order, chunks=(12, 16, 16)).values
+    ref = sitk_reference(fixed, moving, A.to_sitk(), order=order)
+    if order == 0:
+        np.testing.assert_array_equal(out, ref.astype(np.float32))
+    else:
+        _assert_matches(out, ref)
+
+
+def test_integer_output_is_rounded_and_clipped_not_wrapped():
+    v = np.zeros((10, 10, 10), dtype=np.uint8)
+    v[:, :, 5:] = 250
+    moving = lazyreg.image(v, 1.0)
+    out = apply_transform(moving, moving, [Affine.from_translation((0, 0, 0.5))], order=3).values
+    assert out.dtype == np.uint8
+    assert out.max() == 255 and out.min() == 0  # cubic overshoot clipped, undershoot clipped
+    lin = apply_transform(moving, moving, [Affine.from_translation((0, 0, 0.5))], order=1).values
+    assert lin[0, 0, 4] == 125  # 0.5 * 250 rounded
+
+
+def test_fill_value_outside_and_disjoint_chunks_read_nothing():
+    moving, src = counting_image(_moving())
+    fixed = lazyreg.grid((20, 20, 60), spacing=2.0, origin=(0.0, 0.0, 0.0))
+    far = Affine.from_translation((0.0, 0.0, 500.0))
+    out = apply_transform(fixed, moving, [far], fill_value=-7, chunks=(10, 10, 10)).values
+    assert np.all(out == -7)
+    assert src.reads == []
+
+
+def test_identity_on_same_grid_reproduces_moving():
+    moving = _moving()
+    out = apply_transform(moving, moving).values
+    np.testing.assert_allclose(out, moving.values, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ fields
+
+
+def _smooth_field(grid_shape=(8, 10, 12), spacing=(12.0, 6.0, 6.5), origin=(-6.0, 0.0, -1.0), amp=3.0, seed=1):
+    rng = np.random.default_rng(seed)
+    from scipy import ndimage
+
+    vals = np.stack([ndimage.gaussian_filter(rng.normal(size=grid_shape), 1.5) for _ in range(3)], -1)
+    vals *= amp / np.abs(vals).max()
+    return DisplacementField.from_array(vals, spacing, origin)
+
+
+def test_coarse_field_equals_sitk_reference():
+    moving = _moving()
+    fixed = lazyreg.grid((30, 40, 50), spacing=(2.0, 1.0, 1.2), origin=(-3.0, 5.0, 2.0))
+    D = _smooth_field()
+    out = apply_transform(fixed, moving, [D], chunks=(11, 13, 17)).values
+    ref = sitk_reference(fixed, moving, D.to_sitk())
+    _assert_matches(out, ref)
+    ident = apply_transform(fixed, moving, []).values
+    assert np.abs(out - ident).max() > 10  # the field really moves things
+
+
+def test_lazy_field_with_store_backed_moving_equals_concrete():
+    moving_mem = _moving()
+    moving, _ = counting_image(moving_mem)
+    fixed = lazyreg.grid((30, 40, 50), spacing=(2.0, 1.0, 1.2), origin=(-3.0, 5.0, 2.0))
+    D = _smooth_field()
+    D_lazy = DisplacementField(D.data.chunk({"z": 4, "y": 5, "x": 6}))
+    assert D_lazy.is_lazy
+    concrete = apply_transform(fixed, moving_mem, [D], chunks=16).values
+    lazy = apply_transform(fixed, moving, [D_lazy], chunks=16).values
+    _assert_matches(lazy, concrete, rtol=1e-6)
+    bounded = apply_transform(fixed, moving_mem, [D_lazy], chunks=16, max_displacement=3.5).values
+    _assert_matches(bounded, concrete, rtol=1e-6)
+    with pytest.raises(LazyregError, match="max_displacement"):
+        apply_transform(fixed, moving_mem, [D_lazy], chunks=16, max_displacement=0.5).compute()
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_affine_then_field_list_order(lazy):
+    """[A, D] means moving = A(D(x)); compared with SimpleITK's composite and with [D, A]."""
+    moving_mem = _moving()
+    moving, _ = counting_image(moving_mem)
+    fixed = lazyreg.grid((30, 40, 50), spacing=(2.0, 1.0, 1.2), origin=(-3.0, 5.0, 2.0))
+    A = Affine.from_parameters(rotation=(10.0, 0, 0), center=_centre(moving_mem), translation=(1.0, 2.0, 0.0))
+    D = _smooth_field()
+    if lazy:
+        A = Affine(da.from_array(np.asarray(A.matrix), chunks=2))
+        D = DisplacementField(D.data.chunk({"z": 4}))
+    out = apply_transform(fixed, moving, [A, D], chunks=(15, 20, 25)).values
+    comp = sitk.CompositeTransform(3)
+    comp.AddTransform(A.compute().to_sitk())
+    comp.AddTransform(D.compute().to_sitk())
+    ref = sitk_reference(fixed, moving_mem, comp)
+    _assert_matches(out, ref)
+    other = apply_transform(fixed, moving, [D, A], chunks=(15, 20, 25)).values
+    assert np.abs(other - ref).max() > 10  # the order matters and is respected
+
+
+# ------------------------------------------------------------------------------------------ points
+
+
+def test_transform_points_agrees_with_apply_transform():
+    v = np.zeros((30, 40, 50), dtype=np.float32)
+    v[12, 25, 31] = 1000.0  # one bright voxel in moving
+    moving = lazyreg.image(v, (2.0, 1.0, 1.1), (1.0, -2.0, 3.0))
+    fixed = lazyreg.grid((30, 40, 50), (2.0, 1.0, 1.1), (0.0, 0.0, 0.0))
+    A = Affine.from_parameters(rotation=(12.0, -6.0, 4.0), center=_centre(moving), translation=(1.0, 1.0, -2.0))
+    D = _smooth_field(origin=(0.0, 0.0, 0.0), amp=2.0)
+    out = apply_transform(fixed, moving, [A, D], order=1).values
+    gf = grid_of(fixed)
+    # fixed voxel centres whose mapped point lies closest to the bright voxel
+    pts = grid_points(gf)
+    mapped = transform_points(pts, [A, D])
+    target = grid_of(moving).to_physical([[12, 25, 31]])[0]
+    best = pts[np.argmin(np.linalg.norm((mapped - target) / grid_of(moving).spacing, axis=1))]
+    brightest = gf.to_physical([np.unravel_index(np.argmax(out), out.shape)])[0]
+    assert np.all(np.abs(brightest - best) <= np.asarray(gf.spacing) + 1e-9)
+
+
+# ------------------------------------------------------------------------------------------ laziness
+
+
+def test_building_reads_nothing_and_runs_nothing_even_with_lazy_affine():
+    moving, src = counting_image(_moving())
+    calls = []
+
+    def solve():
+        calls.append(1)
+        return np.asarray(Affine.from_translation((1.0, 2.0, 3.0)).matrix)
+
+    lazy_A = Affine(da.from_delayed(dask.delayed(solve)(), shape=(4, 4), dtype=float))
+    with TaskCounter() as counter:
+        out = apply_transform(moving, moving, [lazy_A.inverse() @ lazy_A @ lazy_A])
+        out2 = apply_transform(moving, moving, [Affine.identity()], order=3)
+    assert counter.n == 0 and calls == [] and src.reads == []
+    assert isinstance(out.data, da.Array) and isinstance(out2.data, da.Array)
+    ref = apply_transform(moving, moving, [Affine.from_translation((1.0, 2.0, 3.0))]).values
+    _assert_matches(out.values, ref, rtol=1e-6)
+    assert len(calls) >= 1
+
+
+def test_lazy_affine_reads_region_from_store_per_task():
+    moving, src = counting_image(_moving(shape=(48, 64, 64)), chunks=(16, 16, 16))
+    lazy_A = Affine(da.from_array(np.asarray(Affine.from_translation((4.0, 0.0, 0.0)).matrix), chunks=4))
+    out = apply_transform(moving, moving, [lazy_A], chunks=(16, 16, 16))
+    sub = out[:16, :16, :16].values  # one output chunk
+    assert sub.shape == (16, 16, 16)
+    assert len(src.reads) == 1
+    z, y, x = src.reads[0]
+    # translation of 4 um = 2 voxels in z; region = chunk + 1 voxel margin on each side (clipped at 0)
+    assert (z.start, z.stop, y.start, y.stop, x.start, x.stop) == (1, 19, 0, 17, 0, 17)
+
+
+def test_read_economy_with_concrete_affine():
+    """A small output region reads only the moving chunks that its mapped chunks (+1 voxel) touch.
+
+    Stated bound: for each needed output chunk, the moving voxels read are those of the chunks that
+    intersect the box of the chunk's 8 mapped corner voxel centres, widened by 1 voxel (linear
+    interpolation); each moving chunk is read at most once.
+    """
+    moving_mem = _moving(shape=(96, 96, 96), spacing=1.0, origin=0.0)
+    moving, src = counting_image(moving_mem, chunks=(16, 16, 16))
+    A = Affine.from_parameters(rotation=(10.0, 0, 0), center=(48.0, 48.0, 48.0))
+    out = apply_transform(moving, moving, [A], chunks=(16, 16, 16))
+    _ = out[40:56, 40:56, 40:56].values  # touches output chunks 2..3 on every axis
+    expected = set()
+    for cz in (2, 3):
+        for cy in (2, 3):
+            for cx in (2, 3):
+                lo = np.array([cz, cy, cx]) * 16
+                corners = np.array([[lo[0] + a * 15, lo[1] + b * 15, lo[2] + c * 15]
+                                    for a in (0, 1) for b in (0, 1) for c in (0, 1)], dtype=float)
+                mapped = A(corners)
+                i0 = np.clip(np.floor(mapped.min(0)) - 1, 0, 95).astype(int)
+                i1 = np.clip(np.ceil(mapped.max(0)) + 1, 0, 95).astype(int)
+                expected |= {(z, y, x) for z in range(i0[0] // 16, i1[0] // 16 + 1)
+                             for y in range(i0[1] // 16, i1[1] // 16 + 1)
+                             for x in range(i0[2] // 16, i1[2] // 16 + 1)}
+    read_chunks = [tuple(s.start // 16 for s in r) for r in src.reads]
+    assert len(read_chunks) == len(set(read_chunks))  # each moving chunk read once
+    assert set(read_chunks) == expected
+    assert len(expected) <= 64 < 216  # 4x4x4 of the 6x6x6 chunks at most, not the whole volume
+    assert all(r[0].stop - r[0].start <= 16 for r in src.reads)  # whole chunks, nothing more
+
+
+def test_not_store_backed_with_lazy_transform_warns_or_raises(monkeypatch):
+    moving = _moving()
+    lazy_A = Affine(da.from_array(np.eye(4), chunks=4))
+    with pytest.warns(LazyregWarning, match="whole moving image"):
+        out = apply_transform(moving, moving, [lazy_A])
+    _assert_matches(out.values, moving.values, rtol=1e-6)
+    monkeypatch.setattr(lazyreg.resample, "SMALL_MOVING_BYTES", 1000)
+    with pytest.raises(LazyregError, match="lazyreg.to_zarr"):
+        apply_transform(moving, moving, [lazy_A])
+
+
+def test_selection_of_a_source_is_still_store_backed_but_arithmetic_is_not():
+    from lazyreg.io.source import find_source
+
+    moving, src = counting_image(_moving())
+    assert find_source(moving)[1:] == ((0, 0, 0), (1, 1, 1))
+    sub = moving[4:20, ::2].chunk({"z": 4})
+    s = find_source(sub)
+    assert s is not None and s[1] == (4, 0, 0) and s[2] == (1, 2, 1)
+    assert find_source(moving * 2) is None
+    assert find_source(moving.where(moving > 0)) is None
+    lazy_A = Affine(da.from_array(np.eye(4), chunks=4))
+    out = apply_transform(sub, sub, [lazy_A]).values
+    _assert_matches(out, sub.values, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_distributed_matches_threaded():
+    from distributed import Client, LocalCluster
+
+    moving_mem = _moving()
+    moving, _ = counting_image(moving_mem)
+    lazy_A = Affine(da.from_array(np.asarray(_rot30_shear_scale(_centre(moving_mem)).matrix), chunks=4))
+    fixed = lazyreg.grid((30, 45, 50), spacing=(1.5, 1.1, 1.3), origin=(1.0, 2.0, 3.0))
+    threaded = apply_transform(fixed, moving_mem, [lazy_A.compute()], chunks=16).values
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl, Client(cl):
+        dist = apply_transform(fixed, moving, [lazy_A], chunks=16).values
+    np.testing.assert_array_equal(dist, threaded)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_inputs_give_clear_errors():
+    moving = _moving()
+    with pytest.raises(LazyregError, match="order"):
+        apply_transform(moving, moving, order=2)
+    with pytest.raises(LazyregError, match="transforms"):
+        apply_transform(moving, moving, [np.eye(4)])
+    with pytest.raises(LazyregError, match="transforms"):
+        apply_transform(moving, moving, ["affine.txt"])
+    with pytest.raises(LazyregError, match="matrix"):
+        Affine(np.eye(3))
+    with pytest.raises(LazyregError, match="matrix"):
+        Affine(np.full((4, 4), np.nan))
+    with pytest.raises(LazyregError, match="invertible"):
+        Affine(np.zeros((4, 4)) + np.diag([0, 0, 0, 1.0])).inverse()
+    with pytest.raises(LazyregError, match="^moving"):
+        apply_transform(moving, moving.values)
+    with pytest.raises(LazyregError, match="^fixed"):
+        apply_transform(moving.transpose("x", "y", "z"), moving)
+    with pytest.raises(LazyregError, match="fill_value"):
+        apply_transform(moving, moving, fill_value="zero")
+    with pytest.raises(LazyregError):
+        DisplacementField(moving)  # no vector dim
