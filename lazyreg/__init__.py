@@ -3,6 +3,9 @@
 from . import data, metrics
 from .errors import LazyregError, LazyregWarning
 from .image import grid, image, origin, spacing, validate_image
+from .io.omezarr import to_zarr
+from .io.open import open_image
+from .io.transform_files import load_transform, save_transform
 from .resample import apply_transform
 from .transforms import Affine, DisplacementField, transform_points
 
@@ -17,9 +20,13 @@ __all__ = [
     "data",
     "grid",
     "image",
+    "load_transform",
+    "open_image",
     "metrics",
     "origin",
     "spacing",
+    "save_transform",
+    "to_zarr",
     "transform_points",
     "validate_image",
 ]

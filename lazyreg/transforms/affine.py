@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import dask
 import dask.array as da
 import numpy as np
 import SimpleITK as sitk
@@ -12,34 +13,72 @@ from ..errors import LazyregError
 
 __all__ = ["Affine"]
 
-_REV = np.array([2, 1, 0])
+#: A linear part whose condition number exceeds this is treated as singular.
+_MAX_CONDITION = 1e12
+_LAST_ROW = np.array([0.0, 0.0, 0.0, 1.0])
 
 
-def _triple(v: Any, name: str) -> np.ndarray:
-    arr = np.asarray(v, dtype=float)
+def _vector3(value: Any, argname: str) -> np.ndarray:
+    """Broadcast a number or 3 numbers (z, y, x) to a finite float64 (3,) array."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x), got {value!r}") from None
     if arr.ndim > 1 or (arr.ndim == 1 and arr.size != 3):
-        raise LazyregError(f"{name}: expected a number or 3 numbers (z, y, x), got {v!r}")
+        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x), got {value!r}")
     arr = np.broadcast_to(arr, (3,)).copy()
     if not np.all(np.isfinite(arr)):
-        raise LazyregError(f"{name}: expected finite numbers, got {v!r}")
+        raise LazyregError(f"{argname}: expected finite numbers, got {tuple(arr.tolist())}")
     return arr
 
 
+def _rotation_xyz(rx: float, ry: float, rz: float) -> np.ndarray:
+    """``Rz @ Ry @ Rx`` in the xyz frame, right-handed, radians (ITK Euler3D with ComputeZYX)."""
+    cx, sx = np.cos(rx), np.sin(rx)
+    cy, sy = np.cos(ry), np.sin(ry)
+    cz, sz = np.cos(rz), np.sin(rz)
+    Rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
+    Ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+    Rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
+    return Rz @ Ry @ Rx
+
+
 def _rotation_zyx(angles_deg: np.ndarray) -> np.ndarray:
-    """R = Rz @ Ry @ Rx for angles (degrees) about the z, y and x axes, in the zyx frame."""
+    """The rotation for ``(angle_z, angle_y, angle_x)`` degrees, as a matrix acting on zyx vectors."""
     az, ay, ax = np.deg2rad(angles_deg)
-    rz = np.array([[1, 0, 0], [0, np.cos(az), -np.sin(az)], [0, np.sin(az), np.cos(az)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rx = np.array([[np.cos(ax), -np.sin(ax), 0], [np.sin(ax), np.cos(ax), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    return _rotation_xyz(ax, ay, az)[::-1, ::-1].copy()
+
+
+def _check_concrete(m: np.ndarray) -> np.ndarray:
+    """Validate a concrete (4, 4) float64 matrix: finite, last row (0, 0, 0, 1)."""
+    if not np.all(np.isfinite(m)):
+        raise LazyregError("matrix: contains NaN or infinite values")
+    if not np.allclose(m[3], _LAST_ROW, rtol=0, atol=1e-9):
+        raise LazyregError(f"matrix: last row must be (0, 0, 0, 1), got {tuple(m[3].tolist())}")
+    return m
 
 
 def _inv(m: np.ndarray) -> np.ndarray:
+    """Inverse of a (4, 4) homogeneous matrix; raises LazyregError when singular (also inside tasks)."""
+    m = np.asarray(m, dtype=np.float64)
     if not np.all(np.isfinite(m)):
-        raise LazyregError("matrix: contains NaN or infinite values")
-    if abs(np.linalg.det(m[:3, :3])) < 1e-12 * max(1.0, np.abs(m[:3, :3]).max() ** 3):
-        raise LazyregError("matrix: the affine matrix is not invertible (singular linear part)")
-    return np.linalg.inv(m)
+        raise LazyregError("matrix: contains NaN or infinite values, so it is not invertible")
+    cond = np.linalg.cond(m[:3, :3])
+    if not np.isfinite(cond) or cond > _MAX_CONDITION:
+        raise LazyregError(f"matrix: the affine matrix is not invertible (linear part singular, condition {cond:.3g})")
+    out = np.eye(4)
+    inv3 = np.linalg.inv(m[:3, :3])
+    out[:3, :3] = inv3
+    out[:3, 3] = -inv3 @ m[:3, 3]
+    return out
+
+
+def _as_lazy(m: np.ndarray | da.Array) -> da.Array:
+    return m if isinstance(m, da.Array) else da.from_array(np.asarray(m), chunks=(4, 4))
+
+
+def _is_dask(x: Any) -> bool:
+    return dask.is_dask_collection(x)
 
 
 class Affine:
@@ -47,12 +86,25 @@ class Affine:
 
     Parameters
     ----------
-    matrix : (4, 4) array_like or dask array
-        Homogeneous matrix in (z, y, x) order, physical units. A dask array makes the affine
-        *lazy* (e.g. the not-yet-run result of an alignment): building, composing and inverting
-        lazy affines computes nothing.
+    matrix : (4, 4) array_like or dask.array.Array
+        Homogeneous matrix in (z, y, x) order, physical units, stored as float64. A dask array
+        makes the affine *lazy* (e.g. the not-yet-run result of an alignment): building,
+        composing and inverting lazy affines computes nothing; a concrete matrix must be finite
+        with last row (0, 0, 0, 1), which a lazy one is checked for by :meth:`compute`.
     report : object, optional
-        What produced the transform (e.g. an alignment report; lazy for lazy affines).
+        What produced the transform (e.g. an alignment report; may be lazy for lazy affines).
+
+    Attributes
+    ----------
+    matrix : numpy.ndarray or dask.array.Array
+        The (4, 4) float64 matrix (read-only when concrete; a single chunk when lazy).
+    report : object
+        As given.
+
+    Raises
+    ------
+    LazyregError
+        If the matrix is not 4x4, or (when concrete) not finite or its last row is not (0, 0, 0, 1).
 
     Examples
     --------
@@ -64,40 +116,64 @@ class Affine:
     array([1., 1., 1.])
     """
 
+    # ``ndarray @ Affine`` must not silently turn into an ndarray through __array__.
+    __array_ufunc__ = None
+
     def __init__(self, matrix: Any, *, report: Any = None) -> None:
         if isinstance(matrix, Affine):
+            report = matrix.report if report is None else report
             matrix = matrix.matrix
         if isinstance(matrix, da.Array):
             if matrix.shape != (4, 4):
                 raise LazyregError(f"matrix: expected a 4x4 homogeneous matrix, got shape {matrix.shape}")
-            self.matrix: np.ndarray | da.Array = matrix.astype(np.float64)
+            if not (np.issubdtype(matrix.dtype, np.number) or matrix.dtype == np.bool_) or np.issubdtype(
+                matrix.dtype, np.complexfloating
+            ):
+                raise LazyregError(f"matrix: expected real numbers, got dtype {matrix.dtype}")
+            m_lazy = matrix.astype(np.float64)
+            if m_lazy.numblocks != (1, 1):
+                m_lazy = m_lazy.rechunk((4, 4))
+            self.matrix: np.ndarray | da.Array = m_lazy
         else:
             try:
                 m = np.array(matrix, dtype=np.float64)
             except (TypeError, ValueError):
-                raise LazyregError(f"matrix: expected a 4x4 numeric matrix, got {type(matrix).__name__}") from None
+                raise LazyregError(
+                    f"matrix: expected a 4x4 numeric matrix, got {type(matrix).__name__}"
+                ) from None
             if m.shape != (4, 4):
                 raise LazyregError(f"matrix: expected a 4x4 homogeneous matrix, got shape {m.shape}")
-            if not np.all(np.isfinite(m)):
-                raise LazyregError("matrix: contains NaN or infinite values")
-            if not np.allclose(m[3], [0, 0, 0, 1], atol=1e-9):
-                raise LazyregError(f"matrix: last row must be (0, 0, 0, 1), got {tuple(m[3])}")
-            m[3] = (0, 0, 0, 1)
+            _check_concrete(m)
+            m[3] = _LAST_ROW
             m.setflags(write=False)
             self.matrix = m
         self.report = report
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def identity(cls) -> "Affine":
-        """The identity transform."""
+    def identity(cls) -> Affine:
+        """The identity transform.
+
+        Examples
+        --------
+        >>> import lazyreg
+        >>> lazyreg.Affine.identity()([1.0, 2.0, 3.0])
+        array([1., 2., 3.])
+        """
         return cls(np.eye(4))
 
     @classmethod
-    def from_translation(cls, translation: float | Sequence[float]) -> "Affine":
-        """A pure shift by ``translation`` (z, y, x), physical units."""
+    def from_translation(cls, translation: float | Sequence[float]) -> Affine:
+        """A pure shift ``y = x + t`` by ``translation`` (z, y, x), physical units.
+
+        Examples
+        --------
+        >>> import lazyreg
+        >>> lazyreg.Affine.from_translation((0.0, 0.0, 2.5))([1.0, 1.0, 1.0])
+        array([1. , 1. , 3.5])
+        """
         m = np.eye(4)
-        m[:3, 3] = _triple(translation, "translation")
+        m[:3, 3] = _vector3(translation, "translation")
         return cls(m)
 
     @classmethod
@@ -109,106 +185,201 @@ class Affine:
         shear: float | Sequence[float] = (0.0, 0.0, 0.0),
         translation: float | Sequence[float] = (0.0, 0.0, 0.0),
         center: float | Sequence[float] = (0.0, 0.0, 0.0),
-    ) -> "Affine":
-        """Build from rotation, scale, shear and translation about a centre.
+    ) -> Affine:
+        """Build an affine from rotation, scale, shear and translation about a centre.
 
-        ``y = L (x - c) + c + t`` with ``L = R @ H @ S``, where ``R = Rz @ Ry @ Rx`` rotates by
-        ``rotation`` degrees about the z, y and x axes (z-rotation turns the y-x plane, y the z-x
-        plane, x the z-y plane), ``H`` is upper unit-triangular with ``H[0, 1], H[0, 2], H[1, 2] =
-        shear`` and ``S = diag(scale)``.
+        The transform is ``y = L @ (x - c) + c + t`` with ``L = R @ H @ S`` (all zyx): scale
+        first, then shear, then rotate, about the centre ``c``; then translate by ``t``.
+
+        * ``S = diag(scale)`` (``scale`` in z, y, x; non-zero, negative values mirror).
+        * ``H`` is unit upper-triangular: ``H[0, 1], H[0, 2], H[1, 2] = shear``, i.e.
+          ``z += shear[0] * y + shear[1] * x`` and ``y += shear[2] * x``.
+        * ``R = Rz @ Ry @ Rx`` for ``rotation = (angle_z, angle_y, angle_x)`` in degrees: the
+          rotation about x is applied first, then y, then z. Each is a right-handed rotation of
+          the physical (x, y, z) frame, so rotating by +90 degrees about z maps the x axis onto
+          the y axis. This equals ITK's ``Euler3DTransform`` with ``SetComputeZYX(True)`` and
+          angles ``(angle_x, angle_y, angle_z)`` in radians.
+
+        Parameters
+        ----------
+        rotation : float or 3 floats
+            Angles (z, y, x) in degrees.
+        scale : float or 3 floats
+            Scale factors (z, y, x).
+        shear : float or 3 floats
+            Shear coefficients (zy, zx, yx).
+        translation : float or 3 floats
+            Translation (z, y, x), physical units.
+        center : float or 3 floats
+            Centre of rotation, scaling and shear (z, y, x), physical units.
+
+        Returns
+        -------
+        Affine
 
         Examples
         --------
         >>> import lazyreg
-        >>> A = lazyreg.Affine.from_parameters(rotation=(90, 0, 0))
-        >>> A([0.0, 1.0, 0.0]).round(12)
-        array([0., 0., 1.])
+        >>> A = lazyreg.Affine.from_parameters(rotation=(90, 0, 0))   # about z: x -> y
+        >>> A([0.0, 0.0, 1.0]).round(12) + 0.0
+        array([0., 1., 0.])
+        >>> lazyreg.Affine.from_parameters(scale=2.0, center=(1, 1, 1))([2.0, 2.0, 2.0])
+        array([3., 3., 3.])
         """
-        R = _rotation_zyx(_triple(rotation, "rotation"))
-        s = _triple(scale, "scale")
-        if np.any(s <= 0):
-            raise LazyregError(f"scale: expected positive values, got {tuple(s)}")
-        sh = _triple(shear, "shear")
+        R = _rotation_zyx(_vector3(rotation, "rotation"))
+        s = _vector3(scale, "scale")
+        if np.any(s == 0):
+            raise LazyregError(f"scale: expected non-zero values, got {tuple(s.tolist())}")
+        sh = _vector3(shear, "shear")
         H = np.eye(3)
         H[0, 1], H[0, 2], H[1, 2] = sh
         L = R @ H @ np.diag(s)
-        c = _triple(center, "center")
-        t = _triple(translation, "translation")
+        c = _vector3(center, "center")
+        t = _vector3(translation, "translation")
         m = np.eye(4)
         m[:3, :3] = L
         m[:3, 3] = c - L @ c + t
         return cls(m)
 
     @classmethod
-    def from_sitk(cls, transform: sitk.Transform) -> "Affine":
-        """Convert a linear SimpleITK transform (xyz) to an Affine (zyx).
+    def from_sitk(cls, transform: sitk.Transform) -> Affine:
+        """Convert a linear 3D SimpleITK transform (xyz) to an Affine (zyx).
 
-        Accepts AffineTransform, Euler3D, VersorRigid3D, Similarity3D, ScaleSkewVersor3D,
-        TranslationTransform, identity, a generic ``sitk.Transform`` wrapping one of these, and
-        composite transforms of them. Non-linear transforms raise :class:`LazyregError`.
+        Accepts ``AffineTransform``, ``Euler3DTransform``, ``VersorRigid3DTransform``,
+        ``Similarity3DTransform``, ``ScaleSkewVersor3DTransform``, ``ScaleVersor3DTransform``,
+        ``VersorTransform``, ``ScaleTransform``, ``TranslationTransform``, the identity, a generic
+        ``sitk.Transform`` wrapping one of these (as returned by ``sitk.ReadTransform``), and a
+        ``CompositeTransform`` of them, composed in ITK's order (the last added is applied first).
+        ITK's axes are reversed: ITK matrix ``A`` (xyz) becomes ``A[::-1, ::-1]``.
+
+        Raises
+        ------
+        LazyregError
+            For non-linear transforms (B-spline, displacement field, ...), or not 3D ones.
+
+        Examples
+        --------
+        >>> import SimpleITK as sitk, lazyreg
+        >>> lazyreg.Affine.from_sitk(sitk.TranslationTransform(3, (1.0, 2.0, 3.0)))([0.0, 0.0, 0.0])
+        array([3., 2., 1.])
         """
         return cls(_sitk_to_matrix(transform))
 
     # -- properties --------------------------------------------------------------------------
     @property
     def is_lazy(self) -> bool:
-        """Whether the matrix is a dask array not computed yet."""
+        """Whether the matrix is a dask array, not computed yet.
+
+        Examples
+        --------
+        >>> import dask.array as da, numpy as np, lazyreg
+        >>> lazyreg.Affine(da.from_array(np.eye(4))).is_lazy
+        True
+        """
         return isinstance(self.matrix, da.Array)
 
-    def compute(self) -> "Affine":
-        """A concrete Affine (itself if already concrete); a lazy report is computed alongside."""
+    def compute(self, **kwargs: Any) -> Affine:
+        """A concrete Affine (``self`` if already concrete); a lazy report is computed alongside.
+
+        Keyword arguments are passed to :func:`dask.compute`. The computed matrix is validated
+        (finite, last row (0, 0, 0, 1)).
+
+        Examples
+        --------
+        >>> import dask.array as da, numpy as np, lazyreg
+        >>> lazyreg.Affine(da.from_array(np.eye(4))).compute().is_lazy
+        False
+        """
         if not self.is_lazy:
             return self
-        import dask
-
         if _is_dask(self.report):
-            m, rep = dask.compute(self.matrix, self.report)
+            m, rep = dask.compute(self.matrix, self.report, **kwargs)
         else:
-            m, rep = self.matrix.compute(), self.report
-        return Affine(m, report=rep)
+            (m,), rep = dask.compute(self.matrix, **kwargs), self.report
+        return Affine(np.asarray(m), report=rep)
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        m = np.asarray(self.compute().matrix)
-        return m.astype(dtype) if dtype is not None else m.copy()
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        m = np.array(self.compute().matrix, dtype=np.float64)  # always a writable copy
+        return m.astype(dtype, copy=False) if dtype is not None else m
 
     def __repr__(self) -> str:
         if self.is_lazy:
             return f"Affine(<lazy {self.matrix.name}>)"
-        rows = "\n       ".join(np.array2string(r, precision=5, suppress_small=True) for r in self.matrix)
-        return f"Affine({rows})"
+        body = np.array2string(self.matrix, precision=6, suppress_small=True, separator=", ", prefix="Affine(")
+        return f"Affine({body})"
 
     # -- algebra -----------------------------------------------------------------------------
-    def __matmul__(self, other: "Affine") -> "Affine":
-        """``(A @ B)(x) == A(B(x))``; lazy if either is."""
+    def __matmul__(self, other: Any) -> Affine:
+        """``(A @ B)(x) == A(B(x))`` (matrix product); lazy, computing nothing, if either is lazy."""
         if not isinstance(other, Affine):
+            from .field import DisplacementField
+
+            if isinstance(other, DisplacementField):
+                raise LazyregError(
+                    "other: an Affine cannot be multiplied with a DisplacementField; "
+                    "use the list [affine, field] (applied last to first) instead"
+                )
             return NotImplemented
         if self.is_lazy or other.is_lazy:
-            a = self.matrix if self.is_lazy else da.from_array(np.asarray(self.matrix), chunks=4)
-            b = other.matrix if other.is_lazy else da.from_array(np.asarray(other.matrix), chunks=4)
-            return Affine(da.matmul(a.rechunk(4), b.rechunk(4)))
+            return Affine(da.matmul(_as_lazy(self.matrix), _as_lazy(other.matrix)))
         return Affine(self.matrix @ other.matrix)
 
-    def inverse(self) -> "Affine":
-        """The inverse transform (lazy stays lazy; a singular matrix raises when known)."""
+    def inverse(self) -> Affine:
+        """The inverse transform.
+
+        A lazy affine stays lazy (its inverse is computed, and checked, with the matrix). A
+        concrete singular matrix raises at once.
+
+        Raises
+        ------
+        LazyregError
+            ``"matrix is not invertible"`` when the linear part is singular (condition > 1e12).
+
+        Examples
+        --------
+        >>> import lazyreg
+        >>> lazyreg.Affine.from_parameters(scale=2.0).inverse()([2.0, 4.0, 6.0])
+        array([1., 2., 3.])
+        """
         if self.is_lazy:
-            return Affine(self.matrix.rechunk(4).map_blocks(_inv, dtype=np.float64))
-        return Affine(_inv(np.asarray(self.matrix)))
+            return Affine(self.matrix.map_blocks(_inv, dtype=np.float64))
+        return Affine(_inv(self.matrix))
 
     def __call__(self, points: Any) -> np.ndarray:
-        """Map (N, 3) or (3,) physical points (zyx); a lazy matrix is computed."""
-        p = np.asarray(points, dtype=float)
-        if p.shape[-1:] != (3,) or p.ndim > 2:
-            raise LazyregError(f"points: expected shape (N, 3) or (3,), got {p.shape}")
+        """Map physical points (z, y, x) of shape (N, 3) or (3,); a lazy matrix is computed.
+
+        Examples
+        --------
+        >>> import lazyreg
+        >>> lazyreg.Affine.from_translation(1.0)([[0.0, 0.0, 0.0]])
+        array([[1., 1., 1.]])
+        """
+        p = _points(points)
         m = np.asarray(self.compute().matrix)
         return p @ m[:3, :3].T + m[:3, 3]
 
-    def allclose(self, other: "Affine", *, atol: float = 1e-8) -> bool:
-        """Whether two (computed) matrices agree within ``atol``."""
-        return bool(np.allclose(np.asarray(self), np.asarray(other), atol=atol, rtol=0))
+    def allclose(self, other: Affine | Any, *, rtol: float = 1e-9, atol: float = 1e-9) -> bool:
+        """Whether two matrices are equal within tolerances (lazy ones are computed).
+
+        Examples
+        --------
+        >>> import lazyreg
+        >>> A = lazyreg.Affine.from_parameters(rotation=(10, 20, 30))
+        >>> (A @ A.inverse()).allclose(lazyreg.Affine.identity())
+        True
+        """
+        return bool(np.allclose(np.asarray(self), np.asarray(other, dtype=np.float64), rtol=rtol, atol=atol))
 
     # -- SimpleITK ---------------------------------------------------------------------------
     def to_sitk(self) -> sitk.AffineTransform:
-        """A ``sitk.AffineTransform`` (xyz) equal to this transform (computed if lazy)."""
+        """An equal ``sitk.AffineTransform`` (xyz, centre 0; a lazy matrix is computed).
+
+        Examples
+        --------
+        >>> import lazyreg
+        >>> lazyreg.Affine.from_translation((1.0, 2.0, 3.0)).to_sitk().TransformPoint((0, 0, 0))
+        (3.0, 2.0, 1.0)
+        """
         m = np.asarray(self.compute().matrix)
         t = sitk.AffineTransform(3)
         t.SetMatrix(m[:3, :3][::-1, ::-1].ravel().tolist())
@@ -217,54 +388,63 @@ class Affine:
         return t
 
 
-def _is_dask(x: Any) -> bool:
-    return hasattr(x, "__dask_graph__") and x.__dask_graph__() is not None
+def _points(points: Any, argname: str = "points") -> np.ndarray:
+    """Physical points as float64 of shape (N, 3) or (3,), with a clear error otherwise."""
+    try:
+        p = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise LazyregError(f"{argname}: expected numbers of shape (N, 3) or (3,), got {type(points).__name__}") from None
+    if p.ndim not in (1, 2) or p.shape[-1] != 3:
+        raise LazyregError(f"{argname}: expected shape (N, 3) or (3,) in (z, y, x) order, got {p.shape}")
+    return p
 
 
-def _linear_to_matrix(t: sitk.Transform) -> np.ndarray:
-    """zyx matrix of one linear ITK transform: y = A (x - c) + c + t."""
-    name = t.GetName()
-    n = t.GetDimension()
-    if n != 3:
-        raise LazyregError(f"transform: expected a 3D transform, got {n}D {name}")
+# -- SimpleITK conversion -----------------------------------------------------------------------
+
+_SITK_LINEAR = (
+    "AffineTransform, Euler3DTransform, VersorRigid3DTransform, Similarity3DTransform, "
+    "ScaleSkewVersor3DTransform, ScaleVersor3DTransform, VersorTransform, ScaleTransform, "
+    "TranslationTransform, identity and composites of them"
+)
+
+
+def _xyz_to_zyx(A: np.ndarray, offset: np.ndarray) -> np.ndarray:
     m = np.eye(4)
-    if name == "IdentityTransform":
-        return m
-    if name == "TranslationTransform":
-        m[:3, 3] = np.asarray(sitk.TranslationTransform(t).GetOffset())[::-1]
-        return m
-    casts = {
-        "AffineTransform": sitk.AffineTransform,
-        "Euler3DTransform": sitk.Euler3DTransform,
-        "VersorRigid3DTransform": sitk.VersorRigid3DTransform,
-        "Similarity3DTransform": sitk.Similarity3DTransform,
-        "ScaleSkewVersor3DTransform": sitk.ScaleSkewVersor3DTransform,
-        "ScaleVersor3DTransform": sitk.ScaleVersor3DTransform,
-        "VersorTransform": sitk.VersorTransform,
-        "ScaleTransform": sitk.ScaleTransform,
-    }
-    if name not in casts:
-        raise LazyregError(
-            f"transform: {name} is not linear; lazyreg.Affine accepts {', '.join(sorted(casts))} and composites of them"
-        )
-    lt = casts[name](t)
-    A = np.asarray(lt.GetMatrix()).reshape(3, 3)
-    c = np.asarray(lt.GetCenter())
-    tr = np.asarray(lt.GetTranslation())
-    off = c - A @ c + tr  # xyz
-    m[:3, :3] = A[::-1, ::-1]
-    m[:3, 3] = off[::-1]
+    m[:3, :3] = np.asarray(A, dtype=np.float64).reshape(3, 3)[::-1, ::-1]
+    m[:3, 3] = np.asarray(offset, dtype=np.float64)[::-1]
     return m
 
 
-def _sitk_to_matrix(transform: sitk.Transform) -> np.ndarray:
+def _sitk_to_matrix(transform: Any) -> np.ndarray:
+    """zyx (4, 4) matrix of a linear 3D SimpleITK transform (composites in ITK's order)."""
     if not isinstance(transform, sitk.Transform):
         raise LazyregError(f"transform: expected a SimpleITK transform, got {type(transform).__name__}")
-    if transform.GetName() == "CompositeTransform":
-        comp = sitk.CompositeTransform(transform)
+    if transform.GetDimension() != 3:
+        raise LazyregError(f"transform: expected a 3D transform, got a {transform.GetDimension()}D one")
+    t = transform.Downcast()
+    if isinstance(t, sitk.CompositeTransform):
         m = np.eye(4)
-        # ITK applies the last added transform first: T = T0(T1(...(Tn(x))))
-        for i in range(comp.GetNumberOfTransforms()):
-            m = m @ _sitk_to_matrix(comp.GetNthTransform(i))
+        # ITK applies the last added transform first: T(x) = T0(T1(...Tn(x))), so M = M0 @ ... @ Mn.
+        for i in range(t.GetNumberOfTransforms()):
+            m = m @ _sitk_to_matrix(t.GetNthTransform(i))
         return m
-    return _linear_to_matrix(transform)
+    if isinstance(t, sitk.TranslationTransform):
+        return _xyz_to_zyx(np.eye(3), t.GetOffset())
+    if not t.IsLinear():
+        kind = type(t).__name__ if type(t) is not sitk.Transform else t.GetName()
+        hint = (
+            "; use lazyreg.DisplacementField.from_sitk for displacement fields"
+            if isinstance(t, sitk.DisplacementFieldTransform)
+            else ""
+        )
+        raise LazyregError(f"transform: {kind} is not linear; lazyreg.Affine accepts {_SITK_LINEAR}{hint}")
+    if hasattr(t, "GetMatrix") and hasattr(t, "GetCenter"):
+        # ITK: y = A (x - c) + c + translation
+        A = np.asarray(t.GetMatrix(), dtype=np.float64).reshape(3, 3)
+        c = np.asarray(t.GetCenter(), dtype=np.float64)
+        tr = np.asarray(t.GetTranslation(), dtype=np.float64) if hasattr(t, "GetTranslation") else np.zeros(3)
+        return _xyz_to_zyx(A, c - A @ c + tr)
+    # Another linear transform (e.g. a generic identity): probe it with the origin and unit vectors.
+    p0 = np.asarray(t.TransformPoint((0.0, 0.0, 0.0)))
+    A = np.stack([np.asarray(t.TransformPoint(tuple(e))) - p0 for e in np.eye(3)], axis=1)
+    return _xyz_to_zyx(A, p0)
