@@ -176,7 +176,14 @@ def _axis_spacing(img: xr.DataArray, i: int, d: str, argname: str) -> float:
             raise LazyregError(f"{argname}: coordinate '{d}' is not increasing")
         if not np.allclose(steps, step, rtol=_RTOL, atol=0):
             raise LazyregError(f"{argname}: coordinate '{d}' is not evenly spaced")
-        return step
+        # the exact spacing from attrs when the coordinates agree with it (not after img[::2])
+        step = (c[-1] - c[0]) / (c.size - 1)
+        sp = img.attrs.get(_SPACING_ATTR)
+        if sp is not None and np.size(sp) == 3:
+            exact = float(np.asarray(sp, dtype=float)[i])
+            if abs(exact - step) <= 1e-6 * exact:
+                return exact
+        return float(step)
     sp = img.attrs.get(_SPACING_ATTR)
     if sp is None or np.size(sp) != 3:
         raise LazyregError(

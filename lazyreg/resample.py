@@ -539,7 +539,8 @@ def apply_transform(
             dsk[key] = (_resample_chunk, plan, [], *dep_keys)
         else:
             if whole_moving is None:
-                whole_moving = _whole_moving_refs(mov_arr, moving)
+                whole_arr, whole_moving = _whole_moving_refs(mov_arr, moving)
+                deps.append(whole_arr)
             plan.moving_refs = whole_moving
             dsk[key] = (_resample_chunk, plan, whole_moving.keys, *dep_keys)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
@@ -549,7 +550,11 @@ def apply_transform(
     return out
 
 
-def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> _Refs:
+def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> tuple[da.Array, _Refs]:
+    """Every task depends on the whole moving image: free when it is in memory already."""
+    if not isinstance(moving.data, da.Array):
+        whole = da.from_array(np.asarray(moving.data), chunks=moving.shape, name=mov_arr.name + "-whole")
+        return whole, _Refs.of(whole, tuple(slice(0, n) for n in whole.shape))
     if mov_arr.nbytes > SMALL_MOVING_BYTES:
         raise LazyregError(
             "moving: the transforms are lazy, so which moving voxels each output chunk needs is known only "
@@ -564,7 +569,7 @@ def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> _Refs:
         LazyregWarning,
         stacklevel=3,
     )
-    return _Refs.of(mov_arr, tuple(slice(0, n) for n in mov_arr.shape))
+    return mov_arr, _Refs.of(mov_arr, tuple(slice(0, n) for n in mov_arr.shape))
 
 
 def _token(p: _Prepared) -> Any:

@@ -267,6 +267,10 @@ def test_not_store_backed_with_lazy_transform_warns_or_raises(monkeypatch):
     monkeypatch.setattr(lazyreg.resample, "SMALL_MOVING_BYTES", 1000)
     with pytest.raises(LazyregError, match="lazyreg.to_zarr"):
         apply_transform(moving, moving, [lazy_A])
+    # an in-memory image is used as it is: no warning (LazyregWarning is an error in this suite)
+    in_memory = moving.compute()
+    out = apply_transform(in_memory, in_memory, [lazy_A]).values
+    _assert_matches(out, moving.values, rtol=1e-6)
 
 
 def test_selection_of_a_source_is_still_store_backed_but_arithmetic_is_not():
