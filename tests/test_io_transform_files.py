@@ -157,3 +157,23 @@ def test_field_to_text_is_refused_and_mixed_composite_gives_a_list(tmp_path):
 
     pts = D.grid.to_physical(np.random.default_rng(3).uniform(-1, 6, size=(50, 3)))
     np.testing.assert_allclose(transform_points(pts, loaded), _sitk_map(comp, pts), atol=1e-9)
+
+
+def test_field_ome_zarr_round_trip_streams_lazily(tmp_path):
+    import dask.array as da
+
+    from lazyreg import DisplacementField, load_transform, save_transform
+
+    v = np.random.default_rng(4).normal(size=(5, 6, 7, 3))
+    D = DisplacementField.from_array(da.from_array(v, chunks=(2, 3, 4, 3)), (2.0, 1.5, 1.0), (1.0, -2.0, 3.0))
+    p = save_transform(D, tmp_path / "field.ome.zarr")
+    E = load_transform(p)
+    assert isinstance(E, DisplacementField) and E.is_lazy
+    assert E.grid == D.grid
+    np.testing.assert_array_equal(E.values, v)
+    pts = np.array([[3.0, 0.5, 6.2], [9.0, 4.0, 1.0]])
+    np.testing.assert_allclose(E(pts), D(pts))
+    stamp = (p / "zarr.json").stat().st_mtime_ns
+    with pytest.raises(LazyregError, match="exists"):
+        save_transform(D, p)
+    assert (p / "zarr.json").stat().st_mtime_ns == stamp

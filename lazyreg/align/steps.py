@@ -32,6 +32,8 @@ STEPS: dict[str, tuple[str, str, dict]] = {
     "affine": ("lazyreg.align.itk", "align_affine", {"transform": "affine"}),
     "deform": ("lazyreg.align.itk", "align_deformable", {}),
 }
+# Which SimpleITK option set validates each ITK step.
+_ITK_KIND = {"rigid": "affine", "affine": "affine", "deform": "deformable"}
 # Arguments that align() itself supplies to every step.
 _SUPPLIED = {"fixed", "moving", "initial", "seed", "fixed_mask", "moving_mask", "field_grid"}
 
@@ -83,9 +85,13 @@ def parse_steps(steps: Any) -> list[tuple[str, dict]]:
                 raise LazyregError(
                     f"steps[{i}] ('{name}'): unknown option '{key}'{_suggest(key, allowed)}; valid options: {', '.join(allowed)}"
                 )
-        validator = getattr(importlib.import_module(STEPS[name][0]), "validate_options", None)
-        if validator is not None:
-            validator(name, opts)
+        if name in _ITK_KIND:
+            from .itk import validate_itk_options
+
+            try:
+                validate_itk_options(_ITK_KIND[name], dict(opts, **fixed_kwargs))
+            except LazyregError as e:
+                raise LazyregError(f"steps[{i}] ('{name}'): {e}") from None
         out.append((name, dict(opts)))
     return out
 

@@ -1,9 +1,16 @@
-"""N5 datasets (read), through tensorstore's n5 driver; N5 metadata is xyz, lazyreg presents zyx."""
+"""N5 datasets (read), through tensorstore's n5 driver; N5 metadata is xyz, lazyreg presents zyx.
+
+Why tensorstore: zarr-python 3 has no N5 support (its N5 store was dropped with zarr 2), whereas
+tensorstore reads N5 natively (raw, gzip, bzip2, xz, blosc, zstd blocks) in C++, releases the GIL and
+is safe to call from many dask threads at once.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +20,27 @@ from ..errors import LazyregError
 from ..image import Grid
 from .source import Source
 
-__all__ = ["N5Source", "is_n5", "n5_datasets"]
+__all__ = ["N5Source", "is_n5", "n5_datasets", "open_n5"]
+
+_UNITS = {
+    "um": "micrometer",
+    "µm": "micrometer",
+    "μm": "micrometer",
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+}
+_CACHE_SIZE = 32
+_STORES: OrderedDict[tuple[str, str], Any] = OrderedDict()  # per-process cache of open tensorstores
+_STORES_LOCK = threading.Lock()
 
 
-def is_n5(path: Path) -> bool:
-    """Whether ``path`` is inside an N5 container (an attributes.json with an "n5" version up the tree)."""
-    p = path
-    for _ in range(8):
-        attrs = p / "attributes.json"
-        if attrs.is_file():
-            if "n5" in _attrs(p) or p.suffix == ".n5":
-                return True
-        if p.suffix == ".n5":
-            return True
-        if p.parent == p:
-            break
-        p = p.parent
-    return False
+def unit_name(unit: Any, default: str = "micrometer") -> str:
+    """An OME-Zarr unit name for common abbreviations (``"um"`` -> ``"micrometer"``)."""
+    if not unit:
+        return default
+    return _UNITS.get(str(unit).strip(), str(unit).strip())
 
 
 def _attrs(p: Path) -> dict:
@@ -37,96 +48,208 @@ def _attrs(p: Path) -> dict:
     if not f.is_file():
         return {}
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+        out = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LazyregError(f"path: {f} is not valid JSON ({e})") from None
+    return out if isinstance(out, dict) else {}
 
 
-def n5_datasets(container: Path) -> list[str]:
-    """Relative paths of the datasets (folders whose attributes have "dimensions") in a container."""
+def _container(p: Path) -> Path | None:
+    """The N5 container holding ``p``: the nearest folder up the tree (``p`` included) whose attributes
+    name an N5 version or whose name ends in ``.n5``; None if there is none."""
+    for c in [p, *p.parents][:32]:
+        if c.suffix.lower() == ".n5" or "n5" in _attrs(c):
+            return c
+    return None
+
+
+def is_n5(path: Path, group: str | None = None) -> bool:
+    """Whether ``path`` (or ``path/group``) is an N5 container, group or dataset.
+
+    True for a folder named ``*.n5``, or holding an ``attributes.json``.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    return p.suffix.lower() == ".n5" or (p / "attributes.json").is_file() or (
+        group is not None and (p / group.strip("/") / "attributes.json").is_file()
+    )
+
+
+def n5_datasets(root: Path) -> list[str]:
+    """Relative paths of the datasets (folders whose attributes have "dimensions") below ``root``."""
     out = []
-    for root, dirs, files in os.walk(container):
-        if "attributes.json" in files and "dimensions" in _attrs(Path(root)):
-            out.append(os.path.relpath(root, container))
-            dirs[:] = []
-        dirs[:] = [d for d in dirs if not d.isdigit()]
+    for dirpath, dirs, files in os.walk(root):
+        if "attributes.json" in files and "dimensions" in _attrs(Path(dirpath)):
+            out.append(Path(os.path.relpath(dirpath, root)).as_posix())
+            dirs[:] = []  # block folders below a dataset
+        dirs.sort()
     return sorted(out)
 
 
-def _resolution(value: Any) -> np.ndarray | None:
-    if value is None:
-        return None
+def _xyz(value: Any) -> np.ndarray | None:
     if isinstance(value, dict):
         value = value.get("dimensions")
-    arr = np.asarray(value, dtype=float)
-    return arr if arr.shape == (3,) else None
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (3,) and np.all(np.isfinite(arr)) else None
 
 
-def _n5_spacing(container: Path, dataset_dir: Path) -> tuple[tuple[float, float, float] | None, str]:
-    """Spacing (zyx) = pixelResolution * downsamplingFactors, from the dataset or up to the container."""
+def _unit_of(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("unit")
+    return None
+
+
+def _cosem_transform(t: Any) -> tuple[np.ndarray, np.ndarray, str | None] | None:
+    """The COSEM-style ``"transform"`` attribute (axes named, C order unless ``ordering == "F"``)."""
+    if not isinstance(t, dict) or "scale" not in t or "axes" not in t:
+        return None
+    axes = list(t["axes"])
+    scale = list(t["scale"])
+    trans = list(t.get("translate", [0.0] * len(axes)))
+    units = list(t.get("units", [None] * len(axes)))
+    if t.get("ordering", "C") == "F":
+        axes, scale, trans, units = axes[::-1], scale[::-1], trans[::-1], units[::-1]
+    if sorted(axes) != ["x", "y", "z"]:
+        return None
+    idx = [axes.index(d) for d in "zyx"]
+    return (
+        np.asarray([scale[i] for i in idx], dtype=float),
+        np.asarray([trans[i] for i in idx], dtype=float),
+        units[idx[-1]],
+    )
+
+
+def _geometry(dataset_dir: Path, container: Path) -> tuple[tuple | None, tuple, str]:
+    """Spacing, origin (both zyx) and units of a dataset.
+
+    Spacing is ``pixelResolution * downsamplingFactors``; ``pixelResolution`` (or ``resolution``) comes
+    from the dataset, else from its parents up to the container. The origin is ``offset`` (xyz,
+    physical units) if present. A COSEM-style ``transform`` attribute takes precedence.
+    """
     ds = _attrs(dataset_dir)
-    res = _resolution(ds.get("pixelResolution"))
-    unit = ds.get("pixelResolution", {}).get("unit") if isinstance(ds.get("pixelResolution"), dict) else None
+    cosem = _cosem_transform(ds.get("transform"))
+    if cosem is not None:
+        sc, tr, unit = cosem
+        return tuple(sc.tolist()), tuple(tr.tolist()), unit_name(unit)
+    res, unit = None, None
     p = dataset_dir
-    while res is None and p != container.parent:
-        a = _attrs(p)
-        res = _resolution(a.get("pixelResolution"))
-        if isinstance(a.get("pixelResolution"), dict):
-            unit = a["pixelResolution"].get("unit", unit)
+    while True:
+        a = ds if p == dataset_dir else _attrs(p)
+        for key in ("pixelResolution", "resolution"):
+            if res is None and _xyz(a.get(key)) is not None:
+                res = _xyz(a.get(key))
+                unit = _unit_of(a.get(key))
+        if unit is None and _unit_of(a.get("pixelResolution")):
+            unit = _unit_of(a.get("pixelResolution"))
+        if (res is not None and unit is not None) or p == container or p.parent == p:
+            break
         p = p.parent
-    if res is None:
-        return None, "micrometer"
-    factors = np.asarray(ds.get("downsamplingFactors", [1, 1, 1]), dtype=float)
-    sp = (res * factors)[::-1]
-    units = {"um": "micrometer", "µm": "micrometer", "nm": "nanometer", "mm": "millimeter"}.get(unit or "um", unit)
-    return tuple(float(v) for v in sp), units or "micrometer"
+    factors = _xyz(ds.get("downsamplingFactors"))
+    factors = np.ones(3) if factors is None else factors
+    offset = _xyz(ds.get("offset"))
+    origin = (0.0, 0.0, 0.0) if offset is None else tuple(offset[::-1].tolist())
+    spacing = None if res is None else tuple((res * factors)[::-1].tolist())
+    return spacing, origin, unit_name(unit)
+
+
+def _open_store(path: str, token: str) -> Any:
+    """The tensorstore of an N5 dataset, opened once per process (and per metadata version)."""
+    key = (path, token)
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is not None:
+            _STORES.move_to_end(key)
+            return store
+        import tensorstore as ts
+
+        spec = {"driver": "n5", "kvstore": {"driver": "file", "path": path}}
+        try:
+            store = ts.open(spec, read=True, open=True).result()
+        except Exception as e:  # tensorstore raises ValueError / its own status errors
+            raise LazyregError(f"path: tensorstore cannot open the N5 dataset {path}: {e}") from None
+        _STORES[key] = store
+        while len(_STORES) > _CACHE_SIZE:
+            _STORES.popitem(last=False)
+        return store
 
 
 class N5Source(Source):
-    """A dataset of an N5 container, read with tensorstore (opened lazily, once per process)."""
+    """A 3D dataset of an N5 container, read with tensorstore.
 
-    def __init__(self, container: Path, dataset: str, spacing: Any = None):
-        self.container = Path(container).resolve()
-        self.dataset = dataset.strip("/")
-        self.path = self.container / self.dataset if self.dataset else self.container
+    Only ``attributes.json`` files are read when it is built. The tensorstore handle is opened once per
+    process (module cache) and never pickled: an unpickled source reopens it by path.
+
+    Parameters
+    ----------
+    path : Path
+        The dataset folder (it holds an ``attributes.json`` with ``dimensions``).
+    spacing : tuple of 3 floats, optional
+        Overrides the spacing from the metadata.
+    """
+
+    def __init__(self, path: Path, spacing: Any = None):
+        self.path = Path(path).resolve()
         attrs = _attrs(self.path)
         if "dimensions" not in attrs:
-            found = n5_datasets(self.container)
+            raise LazyregError(f"path: {self.path} is not an N5 dataset (its attributes.json has no 'dimensions')")
+        dims = [int(v) for v in attrs["dimensions"]]
+        if len(dims) != 3:
+            raise LazyregError(f"path: {self.path} has {len(dims)} dimensions; lazyreg reads 3D (x, y, z) N5 datasets")
+        try:
+            self.dtype = np.dtype(str(attrs.get("dataType")))
+        except TypeError:
+            raise LazyregError(f"path: {self.path} has an unsupported dataType {attrs.get('dataType')!r}") from None
+        self.chunks = tuple(int(v) for v in attrs.get("blockSize", dims))[::-1]  # type: ignore[assignment]
+        found, origin, self.units = _geometry(self.path, _container(self.path) or self.path)
+        if spacing is None and found is None:
             raise LazyregError(
-                f"group: '{self.dataset}' is not a dataset of {self.container}; datasets found: {found or 'none'}"
+                f"path: voxel spacing is unknown for {self.path} (no pixelResolution in the dataset or the "
+                "container); pass spacing=(z, y, x)"
             )
-        shape = tuple(int(v) for v in attrs["dimensions"])[::-1]
-        if len(shape) != 3:
-            raise LazyregError(f"path: {self.path} has {len(shape)} dimensions; lazyreg reads 3D datasets")
-        if spacing is None:
-            spacing, self.units = _n5_spacing(self.container, self.path)
-            if spacing is None:
-                raise LazyregError(
-                    f"path: voxel spacing is unknown for {self.path} (no pixelResolution); pass spacing=(z, y, x)"
-                )
-        else:
-            self.units = "micrometer"
-        self.grid = Grid(shape, spacing, (0.0, 0.0, 0.0))
-        self.dtype = np.dtype(attrs["dataType"])
-        self.chunks = tuple(int(v) for v in attrs["blockSize"])[::-1]
-        self._store = None
+        self.grid = Grid(tuple(dims[::-1]), found if spacing is None else spacing, origin)
+        self._mtime = (self.path / "attributes.json").stat().st_mtime_ns
+        _open_store(str(self.path), self.token())  # fail now, not in a worker, if tensorstore cannot read it
 
-    def _open(self):
-        if self._store is None:
-            import tensorstore as ts
-
-            spec = {"driver": "n5", "kvstore": {"driver": "file", "path": str(self.path)}}
-            self._store = ts.open(spec, read=True).result().T  # N5 is xyz: present zyx
-        return self._store
-
-    def read(self, index):
-        return np.asarray(self._open()[index].read().result())
+    def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        store = _open_store(str(self.path), self.token())
+        return store.T[index].read(order="C").result()
 
     def token(self) -> str:
-        mtime = (self.path / "attributes.json").stat().st_mtime_ns
-        return f"n5:{self.path}:{mtime}"
+        return f"n5:{self.path}:{self._mtime}"
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_store"] = None
-        return state
+
+def _list_hint(root: Path) -> str:
+    found = n5_datasets(root)
+    return f"datasets found below {root}: {found}" if found else f"no N5 dataset was found below {root}"
+
+
+def open_n5(path: Path, *, group: str | None, level: int | None, spacing: Any) -> N5Source:
+    """The :class:`N5Source` for ``path`` (a container, group or dataset) and optional ``group``.
+
+    ``level=k`` selects the dataset ``s{k}`` of a multiscale group (the N5-viewer layout); a group
+    without ``dimensions`` but with an ``s0`` dataset opens ``s0`` by default.
+    """
+    root = Path(path).resolve()
+    target = root / group.strip("/") if group else root
+    if group and not target.is_dir():
+        raise LazyregError(f"group: '{group}' is not in the N5 container {root}; {_list_hint(root)}")
+    is_dataset = "dimensions" in _attrs(target)
+    if level is not None or not is_dataset:
+        k = 0 if level is None else level
+        scale = target / f"s{k}"
+        if is_dataset or not (scale / "attributes.json").is_file():
+            if level is None:
+                raise LazyregError(
+                    f"group: {target} is an N5 group, not a dataset; pass group= one of the {_list_hint(root)}"
+                )
+            levels = [d.name for d in sorted(target.glob("s[0-9]*")) if "dimensions" in _attrs(d)]
+            raise LazyregError(
+                f"level: {target} has no multiscale level s{k} (levels found: {levels or 'none'}); "
+                f"{_list_hint(root)}"
+            )
+        target = scale
+    return N5Source(target, spacing)

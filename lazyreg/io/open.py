@@ -1,28 +1,59 @@
-"""``open_image``: one entry point that recognises N5, zarr / OME-Zarr and TIFF."""
+"""``open_image``: one entry point that recognises N5, zarr / OME-Zarr and TIFF, and opens lazily."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from ..errors import LazyregError
 from ..image import _check_spacing
-from .n5 import N5Source, is_n5
-from .omezarr import open_zarr
+from .n5 import is_n5, open_n5
+from .omezarr import is_zarr, open_zarr, to_zarr
 from .source import from_source
-from .tiff import TiffSource
+from .tiff import TiffSource, is_tiff
 
-__all__ = ["open_image"]
+__all__ = ["open_image", "to_zarr"]
 
 
-def _is_zarr(p: Path) -> bool:
-    return any((p / m).exists() for m in ("zarr.json", ".zarray", ".zgroup", ".zattrs")) or p.suffix == ".zarr"
+def _describe(p: Path) -> str:
+    """What was found at a path of an unknown format, for the error message."""
+    if p.is_dir():
+        entries = sorted(e.name for e in p.iterdir())
+        shown = entries[:8] + (["..."] if len(entries) > 8 else [])
+        return f"a folder without zarr or N5 metadata (entries: {shown or 'none'})"
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        return f"an unreadable file ({e})"
+    return f"a file with suffix '{p.suffix}' starting with bytes {head!r}"
+
+
+_SUFFIXES = (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".n5", ".tiff", ".tif")
+
+
+def _default_name(p: Path) -> str:
+    name = p.resolve().name
+    for suffix in _SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _check_level(level: Any) -> int | None:
+    if level is None:
+        return None
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
+        raise LazyregError(f"level: expected a non-negative integer (0 is full resolution), got {level!r}")
+    return int(level)
 
 
 def open_image(
-    path: str | Path,
+    path: str | os.PathLike,
     *,
     group: str | None = None,
     level: int | None = None,
@@ -30,33 +61,37 @@ def open_image(
     spacing: Any = None,
     name: str | None = None,
 ) -> xr.DataArray:
-    """Open an image on disk as a lazy, dask-backed lazyreg image (only metadata is read).
+    """Open an image on disk as a lazy, dask-backed lazyreg image (only metadata are read).
 
     Parameters
     ----------
-    path : str or Path
-        An N5 container or dataset, a zarr array or group, an OME-Zarr image (0.4 or 0.5), or a TIFF.
+    path : str or path-like
+        An N5 container, group or dataset; a zarr array (v2 or v3); an OME-Zarr 0.4 / 0.5 image; or a
+        TIFF file.
     group : str, optional
-        Dataset or group inside the container (N5: e.g. ``"lowres"``; OME-Zarr: a subgroup).
+        Inside ``path``: the N5 dataset (e.g. ``"lowres"``), the OME-Zarr level's dataset path (e.g.
+        ``"1"``), or a zarr subgroup / array.
     level : int, optional
-        Multiscale level of an OME-Zarr image (default 0, full resolution).
+        Multiscale level (0, the default, is full resolution): an index into the OME-Zarr datasets, or
+        the dataset ``s{level}`` of an N5 multiscale group.
     chunks : optional
-        dask chunks; default the chunks on disk (N5 blocks, transposed to zyx).
+        dask chunks; default the chunks on disk (N5 blocks transposed to zyx, zarr chunks or shards;
+        for TIFF, pages or tiles grouped to about 32 MiB).
     spacing : float or 3 floats, optional
         Voxel spacing (z, y, x) overriding the metadata; required when the file has none.
     name : str, optional
-        Name of the returned DataArray.
+        Name of the returned DataArray; default the file / folder name without its suffix.
 
     Returns
     -------
     xarray.DataArray
-        Dims ``("z", "y", "x")`` with physical coordinates; chunks are read on demand, also from
-        dask.distributed workers.
+        Dims ``("z", "y", "x")`` with physical coordinates (voxel centres) and ``attrs["units"]``;
+        chunks are read on demand, also from dask.distributed workers.
 
     Raises
     ------
     LazyregError
-        Missing path, unknown format, unknown group/level, unknown spacing, an incomplete write.
+        Missing path, unknown format, unknown group or level, unknown spacing, an interrupted write.
 
     Examples
     --------
@@ -65,31 +100,30 @@ def open_image(
     >>> fix.shape, lazyreg.spacing(fix)                                            # doctest: +SKIP
     ((149, 241, 456), (1.68, 1.84, 1.84))
     """
-    p = Path(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise LazyregError(f"path: expected a str or path, got {type(path).__name__}")
+    if group is not None and not isinstance(group, str):
+        raise LazyregError(f"group: expected a str (a dataset / group path), got {type(group).__name__}")
+    level = _check_level(level)
     if spacing is not None:
         spacing = _check_spacing(spacing)
+    p = Path(path).expanduser()
     if not p.exists():
         raise LazyregError(f"path: {p} does not exist")
-    if p.suffix.lower() in (".tif", ".tiff"):
-        if group is not None or level is not None:
-            raise LazyregError("group: TIFF files have no groups or levels")
-        src, units = TiffSource(p, spacing), None
+    if p.is_file() and is_tiff(p):
+        if group is not None:
+            raise LazyregError(f"group: TIFF files have no groups ({p})")
+        if level:
+            raise LazyregError(f"level: TIFF files are read at full resolution only, got level={level}")
+        src = TiffSource(p, spacing)
         units = src.units
-    elif is_n5(p):
-        container, dataset = p, group or ""
-        if group is None and (p / "attributes.json").exists():
-            # a dataset path given directly: find the container above it
-            c = p
-            while c.suffix != ".n5" and c.parent != c:
-                c = c.parent
-            if c.suffix == ".n5":
-                container, dataset = c, str(p.relative_to(c))
-        src = N5Source(container, dataset, spacing)
-        units = src.units
-    elif _is_zarr(p):
+    elif is_zarr(p):
         src, units = open_zarr(p, group=group, level=level, spacing=spacing)
+    elif is_n5(p, group):
+        src = open_n5(p, group=group, level=level, spacing=spacing)
+        units = src.units
     else:
         raise LazyregError(
-            f"path: {p} is not a format lazyreg reads (N5 container, zarr / OME-Zarr, or .tif/.tiff)"
+            f"path: {p} is not a format lazyreg reads (N5, zarr / OME-Zarr, or TIFF); found {_describe(p)}"
         )
-    return from_source(src, chunks=chunks, name=name, units=units)
+    return from_source(src, chunks=chunks, name=_default_name(p) if name is None else name, units=units)

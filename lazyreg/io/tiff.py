@@ -1,102 +1,144 @@
-"""TIFF stacks (read lazily, plane by plane), with spacing from ImageJ or OME-XML metadata."""
+"""TIFF stacks, read lazily through tifffile's zarr store, with spacing from ImageJ or OME-XML metadata."""
 
 from __future__ import annotations
 
-import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import tifffile
+import zarr
 
 from ..errors import LazyregError
 from ..image import Grid
+from .n5 import unit_name
 from .source import Source
 
-__all__ = ["TiffSource"]
+__all__ = ["TiffSource", "is_tiff"]
 
-_UNITS = {"micron": "micrometer", "um": "micrometer", "µm": "micrometer", "\\u00B5m": "micrometer", "nm": "nanometer"}
+_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+_CHUNK_BYTES = 32 * 2**20  # dask chunks: whole pages / tiles grouped up to about this size
+_PLANE_AXES = "ZQI"  # tifffile's names for the stacked axis: z, unknown, image sequence
 
 
-def _resolution(page: tifffile.TiffPage, tag: str) -> float | None:
+def is_tiff(path: Path) -> bool:
+    """Whether ``path`` is a TIFF file (by its magic bytes)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in _MAGIC
+    except OSError:
+        return False
+
+
+def _ome_spacing(xml: str, nz: int) -> tuple[tuple | None, str]:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None, "micrometer"
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return None, "micrometer"
+    sizes = {a: pixels.get(f"PhysicalSize{a}") for a in "ZYX"}
+    units = {unit_name(pixels.get(f"PhysicalSize{a}Unit", "µm")) for a in "ZYX" if sizes[a] is not None}
+    if sizes["Z"] is None and nz == 1:
+        sizes["Z"] = "1"
+    if any(v is None for v in sizes.values()) or len(units) > 1:
+        return None, "micrometer"
+    return tuple(float(sizes[a]) for a in "ZYX"), units.pop() if units else "micrometer"
+
+
+def _resolution(page: Any, tag: str) -> float | None:
     t = page.tags.get(tag)
     if t is None:
         return None
     num, den = t.value
-    if not num or not den:
-        return None
-    return den / num  # pixels per unit -> unit per pixel
+    return float(den) / float(num) if num and den else None  # pixels per unit -> unit per pixel
 
 
-def _spacing(tif: tifffile.TiffFile) -> tuple[tuple[float, float, float] | None, str]:
-    if tif.ome_metadata:
-        found = {}
-        for ax in "ZYX":
-            m = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', tif.ome_metadata)
-            if m:
-                found[ax] = float(m.group(1))
-        if len(found) == 3:
-            return (found["Z"], found["Y"], found["X"]), "micrometer"
-    ij = tif.imagej_metadata
-    if ij and "spacing" in ij:
-        page = tif.pages[0]
-        ry, rx = _resolution(page, "YResolution"), _resolution(page, "XResolution")
-        if ry and rx:
-            unit = _UNITS.get(str(ij.get("unit", "micron")), str(ij.get("unit", "micrometer")))
-            return (float(ij["spacing"]), ry, rx), unit
-    return None, "micrometer"
+def _imagej_spacing(tif: tifffile.TiffFile) -> tuple[tuple | None, str]:
+    ij = tif.imagej_metadata or {}
+    if not ("spacing" in ij or "unit" in ij):  # uncalibrated: ImageJ writes neither
+        return None, "micrometer"
+    page = tif.pages.first
+    ry, rx = _resolution(page, "YResolution"), _resolution(page, "XResolution")
+    if not (ry and rx):
+        return None, "micrometer"
+    unit = str(ij.get("unit", "micron")).replace("\\u00B5", "µ")
+    return (float(ij.get("spacing", 1.0)), ry, rx), unit_name(unit)
+
+
+def _open_zarr(path: Path) -> Any:
+    return zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
 
 
 class TiffSource(Source):
-    """The first series of a TIFF file as a (z, y, x) volume, read by planes (memory-mapped if possible)."""
+    """The first series of a TIFF file as a (z, y, x) volume.
+
+    Reads go through ``tifffile.imread(path, aszarr=True)`` opened with zarr: only the pages (or tiles)
+    of the region asked are read and decoded. The open store is never pickled: an unpickled source
+    reopens the file by path. Size-1 axes are dropped; a 2D image is one z plane.
+
+    Parameters
+    ----------
+    path : Path
+        The TIFF file.
+    spacing : tuple of 3 floats, optional
+        Overrides the spacing from the metadata (OME-XML ``PhysicalSize*``, or ImageJ ``spacing`` and
+        ``XResolution`` / ``YResolution``).
+    """
 
     def __init__(self, path: Path, spacing: Any = None):
         self.path = Path(path).resolve()
         try:
             with tifffile.TiffFile(self.path) as tif:
+                if not tif.series:
+                    raise LazyregError(f"path: {self.path} holds no image series")
                 series = tif.series[0]
-                shape = tuple(int(s) for s in series.shape)
+                shape, axes = tuple(int(s) for s in series.shape), series.axes
                 self.dtype = np.dtype(series.dtype)
-                found, self.units = _spacing(tif)
-        except (tifffile.TiffFileError, OSError) as e:
-            raise LazyregError(f"path: cannot read {self.path} as TIFF ({e})") from None
-        squeezed = tuple(s for s in shape if s != 1) if len(shape) > 3 else shape
-        if len(squeezed) == 2:
-            squeezed = (1,) + squeezed
-        if len(squeezed) != 3:
-            raise LazyregError(f"path: {self.path} holds an array of shape {shape}; lazyreg reads 3D (z, y, x) stacks")
-        sp = spacing if spacing is not None else found
-        if sp is None:
+                nz = shape[0] if len(shape) == 3 else 1
+                found, self.units = _ome_spacing(tif.ome_metadata, nz) if tif.ome_metadata else (None, "")
+                if found is None:
+                    found, self.units = _imagej_spacing(tif)
+            self._arr = _open_zarr(self.path)
+            native = self._arr.chunks
+        except (tifffile.TiffFileError, OSError, ValueError, KeyError) as e:
+            raise LazyregError(f"path: cannot read {self.path} as TIFF ({type(e).__name__}: {e})") from None
+        if axes[-2:] != "YX" or len(axes) > 3 or (len(axes) == 3 and axes[0] not in _PLANE_AXES):
             raise LazyregError(
-                f"path: voxel spacing is unknown for {self.path} (no ImageJ or OME resolution); pass spacing=(z, y, x)"
+                f"path: {self.path} holds a series with axes '{axes}' and shape {shape}; lazyreg reads 3D "
+                "(z, y, x) stacks of single-channel planes"
             )
-        self.grid = Grid(squeezed, sp)
-        plane = squeezed[1] * squeezed[2] * self.dtype.itemsize
-        self.chunks = (max(1, min(squeezed[0], (64 * 2**20) // max(plane, 1))), squeezed[1], squeezed[2])
-        self._mm = None
+        self._planar = len(shape) == 2
+        if self._planar:
+            shape, native = (1, *shape), (1, *native)
+        if spacing is None and found is None:
+            raise LazyregError(
+                f"path: voxel spacing is unknown for {self.path} (no ImageJ or OME-XML calibration); "
+                "pass spacing=(z, y, x)"
+            )
+        self.grid = Grid(shape, found if spacing is None else spacing)
+        auto = da.core.normalize_chunks("auto", shape, limit=_CHUNK_BYTES, dtype=self.dtype, previous_chunks=native)
+        self.chunks = tuple(int(c[0]) for c in auto)  # type: ignore[assignment]
+        self._mtime = self.path.stat().st_mtime_ns
 
-    def _data(self):
-        if self._mm is None:
-            try:
-                self._mm = tifffile.memmap(self.path, mode="r")
-            except ValueError:  # compressed or not contiguous: read planes
-                self._mm = False
-        return self._mm
+    def _array(self) -> Any:
+        arr = self.__dict__.get("_arr")
+        if arr is None:
+            arr = self._arr = _open_zarr(self.path)
+        return arr
 
-    def read(self, index):
-        mm = self._data()
-        if mm is not False:
-            return np.array(mm.reshape(self.grid.shape)[index])
-        z = index[0]
-        with tifffile.TiffFile(self.path) as tif:
-            pages = tif.series[0].pages
-            planes = [pages[i].asarray()[index[1], index[2]] for i in range(z.start, z.stop)]
-        return np.stack(planes).reshape(tuple(s.stop - s.start for s in index))
+    def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        if self._planar:
+            return np.asarray(self._array()[index[1:]])[None][index[0]]
+        return np.asarray(self._array()[index])
 
     def token(self) -> str:
-        return f"tiff:{self.path}:{self.path.stat().st_mtime_ns}"
+        return f"tiff:{self.path}:{self._mtime}"
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_mm"] = None
+        state.pop("_arr", None)  # reopened lazily in the worker
         return state

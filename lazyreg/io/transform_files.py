@@ -169,6 +169,8 @@ def load_affine(path: str | os.PathLike) -> Affine:
     array([3., 2., 1.])
     """
     path = Path(os.fspath(path))
+    if path.is_dir():
+        return _load_field_zarr(path)
     if not path.is_file():
         raise LazyregError(f"path: no such file {str(path)!r}")
     if _is_itk_file(path):
@@ -194,7 +196,9 @@ def save_transform(
       ``.mat``, ``.h5``, ``.hdf5``, otherwise a plain-text zyx 4x4 matrix.
     * A :class:`DisplacementField` is written either as an ITK ``DisplacementFieldTransform``
       (``.h5``, ``.hdf5``, ``.tfm``) or as a 3-component vector image of xyz displacements with
-      its spacing and origin (``.mha``, ``.nrrd``, ``.nii``, ``.nii.gz``), ITK's/ANTs' convention.
+      its spacing and origin (``.mha``, ``.nrrd``, ``.nii``, ``.nii.gz``), ITK's/ANTs' convention,
+      or streamed chunk by chunk (lazy fields are not loaded whole) to OME-Zarr 0.5 (``.zarr``,
+      ``.ome.zarr``) with axes (c, z, y, x), c = (dz, dy, dx) in physical units.
 
     An existing file is refused (and left untouched) unless ``overwrite=True``.
 
@@ -231,6 +235,8 @@ def save_transform(
         raise LazyregError(
             f"transform: expected a lazyreg.Affine or lazyreg.DisplacementField, got {type(transform).__name__}"
         )
+    if _has_suffix(Path(os.fspath(path)), (".zarr",)):
+        return _save_field_zarr(transform, Path(os.fspath(path)), overwrite)
     path = _prepare_destination(path, overwrite)
     field = transform.compute()
     if _has_suffix(path, _FIELD_TRANSFORM_SUFFIXES):
@@ -274,6 +280,7 @@ def load_transform(path: str | os.PathLike) -> Affine | DisplacementField | list
       (the last applied first, as lazyreg lists), consecutive linear parts composed.
     * Vector images (``.mha``, ``.nrrd``, ``.nii``, ``.nii.gz``): a DisplacementField (xyz
       displacements, identity direction).
+    * An OME-Zarr field folder written by :func:`save_transform`: a lazy DisplacementField.
     * Anything else: a plain-text zyx 4x4 matrix (:func:`load_affine`).
 
     Parameters
@@ -299,6 +306,8 @@ def load_transform(path: str | os.PathLike) -> Affine | DisplacementField | list
     array([1., 1., 1.])
     """
     path = Path(os.fspath(path))
+    if path.is_dir():
+        return _load_field_zarr(path)
     if not path.is_file():
         raise LazyregError(f"path: no such file {str(path)!r}")
     if _has_suffix(path, FIELD_IMAGE_SUFFIXES):
@@ -311,3 +320,44 @@ def load_transform(path: str | os.PathLike) -> Affine | DisplacementField | list
         parts = _from_itk(_read_itk(path))
         return parts[0] if len(parts) == 1 else parts
     return load_affine(path)
+
+
+_FIELD_ATTR = "lazyreg_transform"
+
+
+def _save_field_zarr(field: DisplacementField, path: Path, overwrite: bool) -> Path:
+    """Stream a field to OME-Zarr: axes (c, z, y, x), c = (dz, dy, dx), physical units."""
+    import dask.array as da
+
+    from .omezarr import write_ome_zarr
+
+    g = field.grid
+    data = field.data.data
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=(64, 64, 64, 3))
+    data = da.moveaxis(data.rechunk({3: 3}), 3, 0)
+    unit = field.data.attrs.get("units", "micrometer")
+    return write_ome_zarr(
+        data,
+        path,
+        axes="czyx",
+        scale=(1.0,) + tuple(g.spacing),
+        translation=(0.0,) + tuple(g.origin),
+        units=[None, unit, unit, unit],
+        overwrite=overwrite,
+        name="displacement field",
+        attrs={_FIELD_ATTR: {"type": "displacement_field", "vector": ["z", "y", "x"], "units": unit}},
+    )
+
+
+def _load_field_zarr(path: Path) -> DisplacementField:
+    from .omezarr import read_ome_zarr
+
+    r = read_ome_zarr(path)
+    info = r.attrs.get(_FIELD_ATTR, {})
+    if info.get("type") != "displacement_field" or list(r.axes) != ["c", "z", "y", "x"]:
+        raise LazyregError(f"path: {str(path)!r} is not a displacement field written by lazyreg.save_transform")
+    values = r.data.transpose(1, 2, 3, 0)
+    scale = np.asarray(r.scale, dtype=float)[1:]
+    trans = np.asarray(r.translation, dtype=float)[1:]
+    return DisplacementField.from_array(values, tuple(scale), tuple(trans))
