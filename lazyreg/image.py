@@ -121,13 +121,9 @@ def image(
         data = np.asarray(data)
     _check_array(data, "data")
     g = Grid(data.shape, _check_spacing(spacing), _triple(origin, "origin", "origin"))
-    return xr.DataArray(
-        data,
-        dims=DIMS,
-        coords=g.coords(),
-        name=name,
-        attrs={_SPACING_ATTR: g.spacing, "units": units},
-    )
+    img = xr.DataArray(data, dims=DIMS, coords=g.coords(), attrs={_SPACING_ATTR: g.spacing, "units": units})
+    img.name = name  # xarray would otherwise take a dask array's key as the name
+    return img
 
 
 def grid(
