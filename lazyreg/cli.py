@@ -48,6 +48,13 @@ def _split_path(spec: str, group: str | None = None) -> tuple[str, str | None]:
     return spec, group
 
 
+def _open(spec: str):
+    from .io.open import open_image
+
+    path, group = _split_path(spec)
+    return open_image(path, group=group)
+
+
 def _steps_arg(text: str):
     import json
     from pathlib import Path
@@ -74,15 +81,14 @@ def _align(args) -> None:
     from . import __version__
     from .align.steps import align
     from .io.omezarr import to_zarr
-    from .io.open import open_image
     from .io.transform_files import save_affine
     from .metrics import pearson
     from .resample import apply_transform
 
     out = Path(args.output)
     steps = _steps_arg(args.steps)
-    fixed = open_image(*_split_path(args.fixed))
-    moving = open_image(*_split_path(args.moving))
+    fixed = _open(args.fixed)
+    moving = _open(args.moving)
     if out.exists() and not args.overwrite:
         raise LazyregError(f"output: {out} exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
