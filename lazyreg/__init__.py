@@ -1,6 +1,10 @@
 """lazyreg: lazy, dask-native registration of 3D microscopy volumes larger than memory."""
 
 from . import data, metrics
+from .align.features import align_features
+from .align.itk import align_affine, align_deformable
+from .align.search import random_affine_search
+from .align.steps import align
 from .errors import LazyregError, LazyregWarning
 from .image import grid, image, origin, spacing, validate_image
 from .io.omezarr import to_zarr
@@ -12,6 +16,10 @@ from .transforms import Affine, DisplacementField, transform_points
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "align",
+    "align_affine",
+    "align_deformable",
+    "align_features",
     "Affine",
     "DisplacementField",
     "LazyregError",
@@ -24,6 +32,7 @@ __all__ = [
     "open_image",
     "metrics",
     "origin",
+    "random_affine_search",
     "spacing",
     "save_transform",
     "to_zarr",
