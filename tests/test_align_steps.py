@@ -14,6 +14,8 @@ from lazyreg.align.steps import align, parse_steps
 from lazyreg.data import synthetic_pair
 from lazyreg.image import grid_of
 
+from test_align_itk import deformed_pair  # noqa: F401  (fixture)
+
 
 class TaskCounter(Callback):
     def __init__(self):
@@ -103,3 +105,32 @@ def test_itk_option_values_are_checked_up_front():
         align(fixed, moving, [("affine", {"metric": "mutual_info"})])
     with pytest.raises(LazyregError, match=r"steps\[1\] \('rigid'\): .*optimizer"):
         align(fixed, moving, [("random", {}), ("rigid", {"optimizer": "adam"})])
+
+
+def test_deform_step_returns_lazy_affine_and_field(deformed_pair):
+    """`align(..., [..., ("deform", ...)])` -> lazy [affine, field] recovering a known deformation."""
+    from test_align_itk import _mean_error
+
+    fixed, moving, A, pf, true_b = deformed_pair
+    sp = grid_of(fixed).spacing
+    with TaskCounter() as c:
+        result = align(
+            fixed,
+            moving,
+            [("affine", {"shrink_factors": (2, 1)}), ("deform", {"control_point_spacing": 16, "sampling_percentage": (0.1, 0.02)})],
+            initial=Affine(A),
+        )
+    assert c.n == 0
+    affine, field = result
+    assert affine.is_lazy and field.is_lazy
+    field = field.compute()
+    affine = affine.compute()
+    mapped = lazyreg.transform_points(pf, [affine, field])
+    err = _mean_error(mapped, lazyreg.transform_points(true_b, [Affine(A)]), sp)
+    assert err < 1.0, err
+    assert [r["step"] for r in field.report] == ["affine", "deform"]
+    aligned = lazyreg.apply_transform(fixed, moving, [affine, field]).values
+    before = lazyreg.apply_transform(fixed, moving, [affine]).values
+    r_def = np.corrcoef(aligned.ravel(), fixed.values.ravel())[0, 1]
+    r_aff = np.corrcoef(before.ravel(), fixed.values.ravel())[0, 1]
+    assert r_def > r_aff + 0.05, (r_aff, r_def)

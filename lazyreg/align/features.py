@@ -4,27 +4,32 @@ The pipeline of :func:`align_features`, all eager and on in-memory arrays (pass 
 
 1. **Blobs** (:func:`detect_blobs`): a scale-normalised difference-of-Gaussians stack over a few
    sigmas, computed on a block-averaged copy whose voxels are about a third of the smallest blob
-   (so the 16 M voxel tutorial volume is filtered at 2 M voxels), with sigmas given in physical
+   radius (so the 16 M voxel tutorial volume is filtered at 2 M voxels), with sigmas given in physical
    units so that blobs are round in physical space whatever the voxel anisotropy. Local maxima of
    the maximum over scales, refined to sub-voxel positions by a parabola fit, strongest first.
-2. **Global matching** (pass 1): for each blob, the neighbourhood (radius ``context_radius``) is
-   sampled on concentric spherical shells in physical units; per shell, the energy in each
-   spherical-harmonic degree ``l = 0..3`` is kept. These energies do not change when the
-   neighbourhood rotates, whatever the angle, and shells a few voxels apart on a smoothed image
-   change little under a 10% scale change, so the descriptor is robust to the 15-20 degree
-   rotations and ~10% scalings between acquisitions where raw patch correlation (bigstream's
-   ``get_contexts``) breaks down. Descriptors of all fixed and all moving blobs are compared at
-   once by a matrix product of z-scored vectors (Pearson correlation); a pair is kept when it is
-   mutually best, its correlation is at least ``match_threshold`` and it passes a ratio test
-   against the second-best candidate.
-3. **RANSAC** (:func:`ransac_affine`): 4-point minimal samples solved in batches with
+2. **Descriptors** of each blob's neighbourhood (radius ``context_radius``, physical units,
+   sampled by trilinear interpolation on a copy smoothed to half the sampling step):
+
+   - *shells*: 8 concentric spheres of 100 directions each; per shell the mean and the energy in
+     each spherical-harmonic degree ``l = 1..4``. These energies do not change when the
+     neighbourhood rotates, by any angle; shells ``context_radius / 8`` apart on an image smoothed
+     by half that change little under a 10% scale change.
+   - *patches*: the values on a coarse 9x9x9 grid (within the sphere) - bigstream's context
+     correlation, but sampled in physical units and smoothed. More distinctive than the shells
+     while rotations stay below ~20 degrees (measured on the tutorial data: ~80% vs ~65% correct
+     matches at 0-20 degrees, 52% vs 67% at 30 degrees).
+
+3. **Global matching**: for each descriptor kind, all fixed against all moving blobs at once by
+   matrix products of standardised vectors (Pearson correlation, in row blocks); a pair is kept
+   when it is mutually best, its correlation is at least ``match_threshold`` and it passes a
+   ratio test against the second-best candidate. The union of both kinds goes to RANSAC.
+4. **RANSAC** (:func:`ransac_affine`): 4-point minimal samples solved in batches with
    ``numpy.linalg.solve``, scored by truncated squared residuals (MSAC), adaptive iteration count,
    then least-squares refits on the inliers.
-4. **Guided matching** (pass 2, twice): with the affine from pass 3, full neighbourhood patches are
-   compared - the fixed patch on a regular grid around the blob, the moving patch on the same grid
-   mapped by the affine's linear part, so rotation, scale and shear are undone - but only for moving
-   blobs within a small radius of where the affine predicts them. These matches are far more
-   numerous and reliable; RANSAC on them gives the result.
+5. **Guided matching** (twice): with the affine found, patches are compared again - the moving
+   patch grid now mapped by the affine's linear part, so rotation, scale and shear are undone -
+   but only against moving blobs within a small radius of where the affine predicts them. These
+   matches are more numerous and reliable; RANSAC on them gives the result.
 
 All point coordinates are physical (z, y, x); matrices map fixed points to moving points.
 """
@@ -46,9 +51,9 @@ from ..image import Grid, _check_spacing, grid_of, validate_image
 __all__ = ["detect_blobs", "ransac_affine", "align_features", "validate_options"]
 
 _SQRT3 = math.sqrt(3.0)
-_LMAX = 3  # spherical-harmonic degrees in the shell descriptor
-_N_SHELLS = 6  # shells (and patch half-width in samples) within the context radius
-_N_DIRS = 64  # directions sampled on each shell
+_LMAX = 4  # spherical-harmonic degrees in the shell descriptor
+_N_SHELLS = 8  # shells within the context radius
+_N_DIRS = 100  # directions sampled on each shell
 _N_PATCH = 4  # patch half-width in samples
 
 
@@ -246,8 +251,13 @@ def _detect(
     del prev, dog
     rad = np.maximum(1, np.round(sigmas[1] / wspacing)).astype(int)
     peak = ndimage.maximum_filter(best, size=tuple(2 * rad + 1), mode="nearest") == best
-    top = float(best.max())
-    thr = max(0.0, 1e-3 * top) if threshold is None else float(threshold)
+    if threshold is None:
+        # 5 robust standard deviations above the typical response: drops noise maxima
+        sub = best.ravel()[:: max(1, best.size // 1_000_000)]
+        med = float(np.median(sub))
+        thr = max(0.0, med + 5 * 1.4826 * float(np.median(np.abs(sub - med))))
+    else:
+        thr = float(threshold)
     peak &= best > thr
     # drop the outermost working voxels: a parabola fit needs both neighbours
     for ax in range(3):
@@ -308,8 +318,9 @@ def detect_blobs(
     num_sigma_max : int
         Most scale levels; levels are spaced by a factor of about 1.3 between the sizes.
     threshold : float, optional
-        Smallest scale-normalised DoG response (in image intensity units) kept; default any
-        positive local maximum (above 0.1% of the strongest).
+        Smallest scale-normalised DoG response (in image intensity units) kept; default 5
+        robust standard deviations (1.4826 median absolute deviations) above the median response,
+        which drops maxima of noise and background texture.
     mask : (Z, Y, X) bool array, optional
         Keep only blobs whose nearest voxel is inside the mask.
     unit : float, optional
@@ -366,16 +377,24 @@ def _fibonacci_sphere(n: int) -> np.ndarray:
 
 
 def _sh_basis(dirs: np.ndarray, lmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Complex spherical harmonics (D, n_sh) at unit vectors and the degree of each column."""
+    """Real orthonormal spherical harmonics (D, (lmax + 1)^2) at unit vectors, and each column's degree.
+
+    For a real function the energy in degree ``l``, ``sum_m |<f, Y_lm>|^2``, is the sum of the
+    squared projections on these columns (``Re Y_l0``, ``sqrt(2) Re Y_lm``, ``sqrt(2) Im Y_lm``,
+    m > 0); it does not change when the function is rotated.
+    """
     from scipy.special import sph_harm_y
 
     theta = np.arccos(np.clip(dirs[:, 0], -1, 1))  # polar angle from the z axis
     phi = np.arctan2(dirs[:, 1], dirs[:, 2])
     cols, degree = [], []
     for l in range(lmax + 1):
-        for m in range(-l, l + 1):
-            cols.append(sph_harm_y(l, m, theta, phi))
-            degree.append(l)
+        cols.append(sph_harm_y(l, 0, theta, phi).real)
+        degree.append(l)
+        for m in range(1, l + 1):
+            y = sph_harm_y(l, m, theta, phi)
+            cols += [np.sqrt(2) * y.real, np.sqrt(2) * y.imag]
+            degree += [l, l]
     return np.stack(cols, axis=1), np.asarray(degree)
 
 
@@ -450,10 +469,10 @@ class _Describer:
         vals = _zscore_rows(_sample(self.vol, self.wg, self.origin, pts, offsets, lin))
         shells = vals[:, 1:].reshape(len(pts), _N_SHELLS, _N_DIRS)
         Y, degree = _sh_basis(dirs, _LMAX)
-        coef = shells.astype(np.complex64) @ np.conj(Y).astype(np.complex64) * np.float32(4 * np.pi / _N_DIRS)
+        coef = shells @ (Y * (4 * np.pi / _N_DIRS)).astype(np.float32)
         energy = np.zeros((len(pts), _N_SHELLS, _LMAX + 1), dtype=np.float32)
         for l in range(_LMAX + 1):
-            energy[:, :, l] = np.sqrt((np.abs(coef[:, :, degree == l]) ** 2).sum(-1))
+            energy[:, :, l] = np.sqrt((coef[:, :, degree == l] ** 2).sum(-1))
         feats = [vals[:, :1], shells.mean(-1), energy[:, :, 1:].reshape(len(pts), -1)]
         return np.concatenate(feats, axis=1)
 
@@ -467,22 +486,42 @@ class _Describer:
 
 
 def _match_all(da: np.ndarray, db: np.ndarray, threshold: float, ratio: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mutual-best matches between all descriptors by Pearson correlation, with a ratio test."""
-    za, zb = _zscore_rows(da), _zscore_rows(db)
-    corr = (za @ zb.T) / np.float32(za.shape[1])
-    ia = np.arange(len(za))
-    best_b = np.argmax(corr, axis=1)
-    best_a = np.argmax(corr, axis=0)
-    score = corr[ia, best_b]
-    mutual = best_a[best_b] == ia
-    if corr.shape[1] > 1:
-        second = np.partition(corr, -2, axis=1)[:, -2]
-        # ratio of descriptor distances: d^2 is proportional to 1 - correlation
-        distinct = (1.0 - score) <= ratio**2 * (1.0 - second)
-    else:
-        distinct = np.ones(len(za), bool)
+    """Mutual-best matches between all descriptors by Pearson correlation, with a ratio test.
+
+    The correlation matrix is computed in row blocks (matrix products), never all at once.
+    """
+    # standardise each feature over both sets, so that correlations measure how two blobs'
+    # neighbourhoods differ from the typical one, not their common blob-like profile
+    both = np.concatenate([da, db])
+    mu, sd = both.mean(axis=0), both.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    za = _zscore_rows((da - mu) / sd).astype(np.float32)
+    zb = _zscore_rows((db - mu) / sd).astype(np.float32)
+    n, m = len(za), len(zb)
+    scale = np.float32(1.0 / za.shape[1])
+    best_b = np.zeros(n, dtype=np.int64)
+    score = np.zeros(n, dtype=np.float32)
+    second = np.full(n, -1.0, dtype=np.float32)
+    col_best = np.full(m, -np.inf, dtype=np.float32)
+    col_arg = np.zeros(m, dtype=np.int64)
+    rows = max(1, 8_000_000 // max(m, 1))
+    for s in range(0, n, rows):
+        c = (za[s : s + rows] @ zb.T) * scale
+        r = np.arange(len(c))
+        bb = np.argmax(c, axis=1)
+        best_b[s : s + rows] = bb
+        score[s : s + rows] = c[r, bb]
+        if m > 1:
+            second[s : s + rows] = np.partition(c, -2, axis=1)[:, -2]
+        cm, ca = c.max(axis=0), np.argmax(c, axis=0) + s
+        upd = cm > col_best
+        col_best[upd], col_arg[upd] = cm[upd], ca[upd]
+    ia = np.arange(n)
+    mutual = col_arg[best_b] == ia
+    # ratio of descriptor distances: the squared distance of z-scored vectors is 2F(1 - correlation)
+    distinct = (1.0 - score) <= ratio**2 * (1.0 - second) if m > 1 else np.ones(n, bool)
     keep = mutual & (score >= threshold) & distinct
-    return ia[keep], best_b[keep], score[keep]
+    return ia[keep], best_b[keep], score[keep].astype(np.float64)
 
 
 def _match_guided(
@@ -585,7 +624,7 @@ def ransac_affine(
     Raises
     ------
     LazyregError
-        Fewer than 4 correspondences, bad options, or no candidate with 4 inliers.
+        Fewer than 4 correspondences, bad options, or no candidate with 5 inliers.
 
     Examples
     --------
@@ -596,8 +635,10 @@ def ransac_affine(
     >>> q = p @ np.diag([1.1, 0.9, 1.0]).T + [5, -3, 2]
     >>> q[:10] = rng.uniform(0, 100, (10, 3))  # outliers
     >>> m, inl = ransac_affine(p, q, align_threshold=1.0)
-    >>> np.round(m[:3], 6).tolist(), int(inl.sum())
-    ([[1.1, 0.0, 0.0, 5.0], [0.0, 0.9, 0.0, -3.0], [0.0, 0.0, 1.0, 2.0]], 40)
+    >>> np.round(m[:3], 6) + 0.0, int(inl.sum())
+    (array([[ 1.1,  0. ,  0. ,  5. ],
+           [ 0. ,  0.9,  0. , -3. ],
+           [ 0. ,  0. ,  1. ,  2. ]]), 40)
     """
     p = _check_points(fixed_points, "fixed_points", 4)
     q = _check_points(moving_points, "moving_points", 4)
@@ -651,9 +692,10 @@ def ransac_affine(
                 needed = done
             elif w > 0:
                 needed = int(math.ceil(math.log(1 - confidence) / math.log(1 - w**4)))
-    if best_m is None or best_count < 4:
+    if best_m is None or best_count < 5:
+        # a minimal sample always fits its own 4 points: at least one more must agree
         raise LazyregError(
-            f"align_threshold: RANSAC found no affine with at least 4 of {n} correspondences within "
+            f"align_threshold: RANSAC found no affine with at least 5 of {n} correspondences within "
             f"{thr:g} (best: {best_count}); raise align_threshold or max_iterations, or improve the matches"
         )
     m = best_m
@@ -727,12 +769,6 @@ def _user_points(points: Any, g: Grid, name: str, nspots: int, rng: np.random.Ge
     return p, int((~inside).sum())
 
 
-class _Failure(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
 def align_features(
     fixed: xr.DataArray,
     moving: xr.DataArray,
@@ -755,13 +791,15 @@ def align_features(
     seed: int = 0,
     max_iterations: int = 20000,
 ) -> tuple[np.ndarray, dict]:
-    """Global affine from matched blobs: detection, rotation-invariant descriptors and RANSAC.
+    """Global affine from matched blobs: detection, neighbourhood descriptors and RANSAC.
 
     Blobs are detected in both images (:func:`detect_blobs`), described by rotation-invariant
-    spherical-shell statistics of their neighbourhood and matched by correlation; RANSAC
-    (:func:`ransac_affine`) finds an affine. Then neighbourhood patches, aligned by that affine,
-    are matched among nearby blobs only, and RANSAC on these many reliable matches gives the
-    result. See the module docstring for the design.
+    spherical-shell statistics and by coarse patches of their neighbourhood, and matched by
+    correlation; RANSAC (:func:`ransac_affine`) finds an affine. Then patches aligned by that
+    affine are matched among nearby blobs only, and RANSAC on these reliable matches gives the
+    result. See the module docstring for the design. Handles rotations of any angle in
+    principle and 10% scale changes (tested: 40 degrees on synthetic data, 20 degrees with 8%
+    scale on the tutorial data).
 
     Parameters
     ----------
@@ -778,7 +816,7 @@ def align_features(
         Smallest DoG response of a blob (see :func:`detect_blobs`).
     context_radius : float, optional
         Radius of the neighbourhood described around each blob, physical units; default
-        ``1.5 * sqrt(blob_sizes[0] * blob_sizes[1])`` voxels (about 3 typical blob radii).
+        ``2 * sqrt(blob_sizes[0] * blob_sizes[1])`` voxels (about 4 typical blob radii).
     match_threshold : float
         Smallest descriptor correlation of a match in (-1, 1]; lower it when too few matches
         are found, raise it when RANSAC drowns in false matches.
@@ -786,21 +824,26 @@ def align_features(
         Ratio test in (0, 1]: the best candidate's descriptor distance must be below this
         fraction of the second best's (1 disables the test).
     align_threshold : float, optional
-        Largest inlier residual in RANSAC, physical units; default 2 voxels of the fixed image's
-        largest spacing.
+        Largest inlier residual in RANSAC, physical units; default twice the geometric mean of
+        the fixed image's spacing.
     diagonal_constraint : float, optional
         Reject candidate affines whose diagonal deviates from 1 by more than this.
     fixed_points, moving_points : (N, 3) arrays, optional
         Physical (z, y, x) positions to use instead of detected blobs (e.g. centroids of a
         segmentation); points outside the image are dropped, at most ``nspots`` are used.
     fixed_mask, moving_mask : boolean images or arrays, optional
-        Keep only blobs inside the masks (same shape as their images).
+        Keep only detected blobs inside the masks (same shape as their images); not applied to
+        user points. Useful when one field of view is much larger than the other, since only
+        the ``nspots`` strongest blobs of each image are used.
     initial : (4, 4) array, optional
         Starting transform fixed -> moving. Blobs are detected in both images as they are; the
-        fixed neighbourhoods are then sampled on shells / patches mapped by ``initial``'s linear
-        part, so any rotation, scale or shear in ``initial`` is undone before descriptors are
-        compared. The returned matrix is the complete fixed -> moving transform (not a
-        correction to compose with ``initial``).
+        moving neighbourhoods are sampled on the shells mapped by ``initial``'s linear part
+        (ellipsoids matching the fixed spheres), so any scale or shear in ``initial`` is undone
+        before descriptors are compared (rotations need no help). When the global matches give no
+        consistent affine, patches are matched among moving blobs within ``context_radius`` of
+        where ``initial`` maps the fixed blobs instead, so a rough ``initial`` (e.g. from a random
+        search) rescues images whose descriptors are ambiguous. The returned matrix is the
+        complete fixed -> moving transform (not a correction to compose with ``initial``).
     fallback : {None, "identity"}
         What to do when too few blobs, matches or inliers are found: ``None`` raises a
         :class:`LazyregError`; ``"identity"`` leaves the transform unchanged - it returns
@@ -815,10 +858,12 @@ def align_features(
     matrix : (4, 4) ndarray
         Fixed -> moving affine (zyx, physical).
     report : dict
-        ``fixed_blobs``, ``moving_blobs``, ``matches`` (global descriptor matches),
-        ``guided_matches``, ``inliers``, ``residual`` (mean inlier residual, physical),
-        ``seconds_detect``, ``seconds_describe``, ``seconds_match``, ``seconds_ransac``,
-        ``fallback`` (None or the reason).
+        ``fixed_blobs``, ``moving_blobs`` (blobs or user points used), ``matches`` (global
+        descriptor matches; ``matches_shells``, ``matches_patches`` by kind), ``global_inliers``
+        (RANSAC inliers among them), ``guided_matches``, ``inliers`` (final RANSAC inliers),
+        ``residual`` (mean inlier residual, physical), ``start`` (what the guided matching started
+        from), ``context_radius``, ``align_threshold``, ``seconds_detect``, ``seconds_describe``,
+        ``seconds_match``, ``seconds_ransac``, ``seconds``, ``fallback`` (None or the reason).
 
     Raises
     ------
@@ -864,8 +909,8 @@ def align_features(
     mv = _as_volume(moving, "moving")
     fmask = _mask_values(fixed_mask, fv.shape, "fixed_mask")
     mmask = _mask_values(moving_mask, mv.shape, "moving_mask")
-    radius = float(context_radius) if context_radius is not None else 1.5 * math.sqrt(b[0] * b[1]) * unit
-    thr = float(align_threshold) if align_threshold is not None else 2.0 * float(max(gf.spacing))
+    radius = float(context_radius) if context_radius is not None else 2.0 * math.sqrt(b[0] * b[1]) * unit
+    thr = float(align_threshold) if align_threshold is not None else 2.0 * float(np.prod(gf.spacing)) ** (1 / 3)
     rng = np.random.default_rng(int(seed))
     start = np.eye(4) if init is None else init
     report: dict[str, Any] = {
@@ -920,45 +965,91 @@ def align_features(
     fdesc = _Describer(pyrs[0], radius)
     mdesc = _Describer(pyrs[1], radius)
     eye = np.eye(3)
-    lin0 = start[:3, :3]
     fsh = fdesc.shells(fpts, eye)
-    msh = mdesc.shells(mpts, lin0)
+    msh = mdesc.shells(mpts, start[:3, :3])
+    fpat = fdesc.patches(fpts, eye)
+    mpat0 = mdesc.patches(mpts, start[:3, :3])
     report["seconds_describe"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ia, ib, _ = _match_all(fsh, msh, match_threshold, match_ratio)
+    # union of the matches by both descriptors: shells are rotation invariant, patches are more
+    # distinctive up to ~20 degrees; RANSAC sorts out the wrong ones
+    sa, sb, _ = _match_all(fsh, msh, match_threshold, match_ratio)
+    pa, pb, _ = _match_all(fpat, mpat0, match_threshold, match_ratio)
+    pair = np.unique(np.concatenate([sa * len(mpts) + sb, pa * len(mpts) + pb]))
+    ia, ib = pair // len(mpts), pair % len(mpts)
     report["matches"] = len(ia)
+    report["matches_shells"], report["matches_patches"] = len(sa), len(pa)
     report["seconds_match"] = time.perf_counter() - t0
-    if len(ia) < 4:
-        return fail(
-            f"match_threshold: {len(ia)} matches with correlation >= {match_threshold:g} among {counts} "
-            "(at least 4 are needed); lower match_threshold, raise match_ratio, widen blob_sizes, "
-            "raise nspots or change context_radius"
-        )
 
     # 3. RANSAC on the global matches
     t0 = time.perf_counter()
-    try:
-        m1, inl1 = ransac_affine(
-            fpts[ia], mpts[ib], align_threshold=thr, max_iterations=max_iterations,
-            seed=int(rng.integers(2**31)), diagonal_constraint=diagonal_constraint,
-        )
-    except LazyregError:
-        m1, inl1 = None, np.zeros(len(ia), bool)
+    m1, inl1 = None, np.zeros(len(ia), bool)
+    if len(ia) >= 4:
+        try:
+            m1, inl1 = ransac_affine(
+                fpts[ia], mpts[ib], align_threshold=thr, max_iterations=max_iterations,
+                seed=int(rng.integers(2**31)), diagonal_constraint=diagonal_constraint,
+            )
+        except LazyregError:
+            m1, inl1 = None, np.zeros(len(ia), bool)
     report["seconds_ransac"] = time.perf_counter() - t0
     report["global_inliers"] = int(inl1.sum())
-    if m1 is None or inl1.sum() < 6:
-        return fail(
-            f"match_threshold: RANSAC found {int(inl1.sum())} inliers within align_threshold={thr:g} among "
-            f"{len(ia)} matches of {counts} (at least 6 are needed); lower match_threshold, raise "
-            "align_threshold, widen blob_sizes or raise nspots"
-        )
+    guide = dict(
+        fpts=fpts, mpts=mpts, fpat=fpat, mdesc=mdesc, thr=thr, match_threshold=match_threshold,
+        max_iterations=max_iterations, diagonal_constraint=diagonal_constraint, rng=rng, report=report,
+    )
+    # chance agreements among wrong matches: a few points, growing with the number of matches
+    needed = max(8, int(math.ceil(0.05 * len(ia))))
+    if m1 is not None and inl1.sum() >= needed:
+        report["start"] = "global matches"
+        matrix, inliers, gi, gj = _guided(m1, inl1, ia, ib, gate=max(2.0 * thr, 2.0 * fdesc.step), **guide)
+    else:
+        # the descriptors found no consistent set: try patches aligned by the starting transform,
+        # among blobs within the context radius of where it maps the fixed blobs
+        report["start"] = "initial" if init is not None else "identity"
+        none = np.zeros(0, bool)
+        matrix, inliers, gi, gj = _guided(start, none, none, none, gate=max(2.0 * thr, radius), **guide)
+        # matches gated near the start are already roughly consistent: demand far more agreement
+        if inliers.sum() < max(20, int(math.ceil(0.3 * report["guided_matches"]))):
+            if len(ia) < 4:
+                return fail(
+                    f"match_threshold: {len(ia)} matches with correlation >= {match_threshold:g} among "
+                    f"{counts} (at least 4 are needed); lower match_threshold, raise match_ratio, widen "
+                    "blob_sizes, raise nspots, change context_radius or pass a rough initial (e.g. from "
+                    "a 'random' step)"
+                )
+            return fail(
+                f"match_threshold: RANSAC found {int(inl1.sum())} inliers within align_threshold={thr:g} "
+                f"among {len(ia)} matches of {counts} (at least {needed} are needed); lower match_threshold, "
+                "raise align_threshold, widen blob_sizes, raise nspots or pass a rough initial (e.g. "
+                "from a 'random' step)"
+            )
+    res = np.linalg.norm(fpts[gi] @ matrix[:3, :3].T + matrix[:3, 3] - mpts[gj], axis=1)
+    report["inliers"] = int(inliers.sum())
+    report["residual"] = float(res[inliers].mean())
+    report["seconds"] = time.perf_counter() - t_start
+    return matrix, report
 
-    # 4. guided matching with aligned patches, twice
-    t0 = time.perf_counter()
-    fpat = fdesc.patches(fpts, eye)
-    report["seconds_describe"] += time.perf_counter() - t0
-    matrix, inliers, gi, gj = m1, inl1, ia, ib
-    gate = max(2.0 * thr, 2.0 * fdesc.step)
+
+def _guided(
+    matrix: np.ndarray,
+    inliers: np.ndarray,
+    gi: np.ndarray,
+    gj: np.ndarray,
+    *,
+    gate: float,
+    fpts: np.ndarray,
+    mpts: np.ndarray,
+    fpat: np.ndarray,
+    mdesc: _Describer,
+    thr: float,
+    match_threshold: float,
+    max_iterations: int,
+    diagonal_constraint: float | None,
+    rng: np.random.Generator,
+    report: dict,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two rounds of patch matching guided by ``matrix`` and RANSAC; keeps the best result."""
     for _ in range(2):
         t0 = time.perf_counter()
         mpat = mdesc.patches(mpts, matrix[:3, :3])
@@ -981,9 +1072,5 @@ def align_features(
             break
         matrix, inliers, gi, gj = m2, inl2, gi_new, gj_new
         report["guided_matches"] = len(gi)
-        gate = max(1.5 * thr, fdesc.step)
-    res = np.linalg.norm(fpts[gi] @ matrix[:3, :3].T + matrix[:3, 3] - mpts[gj], axis=1)
-    report["inliers"] = int(inliers.sum())
-    report["residual"] = float(res[inliers].mean())
-    report["seconds"] = time.perf_counter() - t_start
-    return matrix, report
+        gate = max(1.5 * thr, mdesc.step)
+    return matrix, inliers, gi, gj

@@ -108,11 +108,9 @@ def _check_mask(mask: Any, img: xr.DataArray, argname: str) -> xr.DataArray | No
 
 def _deform_grid(fixed: Grid, opts: dict) -> Grid:
     """The grid of the displacement field of a deform step (known before the step runs)."""
-    cps = np.broadcast_to(np.asarray(opts.get("control_point_spacing", 64.0), dtype=float), (3,))
-    sp = np.maximum(np.asarray(fixed.spacing), cps / 4.0)
-    lo, hi = fixed.extent
-    shape = tuple(int(np.ceil((h - l) / s)) + 1 for l, h, s in zip(lo, hi, sp))
-    return Grid(shape, tuple(sp), fixed.origin)
+    from .itk import deformable_field_grid
+
+    return deformable_field_grid(fixed, opts)
 
 
 def _run_step(name: str, opts: dict, fixed, moving, fixed_mask, moving_mask, state: dict, seed: int, field_grid) -> dict:
@@ -134,7 +132,7 @@ def _run_step(name: str, opts: dict, fixed, moving, fixed_mask, moving_mask, sta
         matrix, report = func(fixed, moving, initial=state["matrix"], **kwargs)
         new = dict(state, matrix=np.asarray(matrix, dtype=float))
     report = dict(report or {})
-    report.setdefault("step", name)
+    report["step"] = name  # the pipeline's name for the step (the function may use its own)
     report["seconds_total"] = time.perf_counter() - t0
     log.info("align step %s: %s", name, {k: v for k, v in report.items() if not isinstance(v, (list, dict, np.ndarray))})
     new["reports"] = state["reports"] + [report]
