@@ -3,6 +3,7 @@
 from . import data, metrics
 from .align.features import align_features
 from .align.itk import align_affine, align_deformable
+from .align.piecewise import align_piecewise
 from .align.search import random_affine_search
 from .align.steps import align
 from .errors import LazyregError, LazyregWarning
@@ -11,7 +12,7 @@ from .io.omezarr import to_zarr
 from .io.open import open_image
 from .io.transform_files import load_transform, save_transform
 from .resample import apply_transform
-from .transforms import Affine, DisplacementField, transform_points
+from .transforms import Affine, DisplacementField, invert_field, jacobian_determinant, transform_points
 
 __version__ = "0.1.0.dev0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "align",
     "align_affine",
     "align_deformable",
+    "align_piecewise",
     "align_features",
     "Affine",
     "DisplacementField",
@@ -28,6 +30,8 @@ __all__ = [
     "data",
     "grid",
     "image",
+    "invert_field",
+    "jacobian_determinant",
     "load_transform",
     "open_image",
     "metrics",

@@ -10,7 +10,7 @@ import xarray as xr
 
 from .image import Grid, image
 
-__all__ = ["phantom", "synthetic_pair", "default_affine"]
+__all__ = ["phantom", "synthetic_pair", "default_affine", "warped_pair", "smooth_displacement"]
 
 
 @dataclass(frozen=True)
@@ -229,3 +229,102 @@ def synthetic_pair(
     )
     moving = _make_image(shapes, g_mov, m, seed + 1, noise, dtype)
     return fixed, moving, m
+
+
+def smooth_displacement(points: np.ndarray, g: Grid, amplitude: float) -> np.ndarray:
+    """A smooth known displacement (zyx, physical units) at physical points, varying across the volume.
+
+    Sums of low-frequency sines and cosines over the extent of grid ``g``; each component peaks at
+    about ``amplitude`` (physical units) and changes over a few tens of voxels, so blocks of a
+    piecewise alignment see different local displacements.
+    """
+    lo, hi = g.extent
+    z, y, x = ((np.asarray(points, dtype=float) - lo) / (hi - lo)).T
+    a = float(amplitude)
+    return np.stack(
+        [
+            0.6 * a * np.sin(np.pi * y) * np.cos(np.pi * x),
+            0.8 * a * np.sin(np.pi * x) * np.sin(2 * np.pi * z) + 0.4 * a * np.cos(np.pi * y),
+            a * np.sin(np.pi * y) * np.sin(np.pi * (z + 0.25)),
+        ],
+        -1,
+    )
+
+
+def warped_pair(
+    shape: Sequence[int] = (64, 128, 128),
+    spacing: float | Sequence[float] = (2.0, 1.0, 1.0),
+    origin: float | Sequence[float] = (0.0, 0.0, 0.0),
+    *,
+    matrix: np.ndarray | None = None,
+    amplitude: float = 4.0,
+    seed: int = 0,
+    noise: float = 0.0,
+    dtype: str | np.dtype = "uint16",
+    n_blobs: int | None = None,
+) -> tuple[xr.DataArray, xr.DataArray, np.ndarray, np.ndarray]:
+    """A pair related by a known affine on top of a known smooth deformation.
+
+    ``fixed(x) == moving(A(x + d(x)))`` exactly (both rendered analytically from one set of
+    objects that lives in moving space), i.e. the transform list ``[Affine(A), field]``.
+
+    Parameters
+    ----------
+    shape, spacing, origin
+        The grid of both images.
+    matrix : (4, 4) array, optional
+        The affine ``A``; default :func:`default_affine` of the grid.
+    amplitude : float
+        Peak displacement of ``d`` in physical units (see :func:`smooth_displacement`).
+
+    Returns
+    -------
+    fixed, moving : xarray.DataArray
+        In-memory images.
+    matrix : ndarray
+        ``A`` (4x4, zyx).
+    displacement : ndarray
+        ``d`` sampled at the fixed voxel centres, shape (Z, Y, X, 3), physical units.
+
+    Examples
+    --------
+    >>> import lazyreg.data
+    >>> fixed, moving, A, d = lazyreg.data.warped_pair((24, 40, 40), amplitude=3.0, seed=1)
+    >>> d.shape
+    (24, 40, 40, 3)
+    """
+    g = Grid(tuple(shape), spacing, origin)
+    m = default_affine(g.shape, g.spacing, g.origin) if matrix is None else np.asarray(matrix, float)
+    moving, shapes = _phantom_and_shapes(shape, spacing, origin, seed, n_blobs, None, noise, dtype)
+    idx = np.indices(g.shape, dtype=np.float32).reshape(3, -1).T
+    p = g.to_physical(idx)
+    disp = smooth_displacement(p, g, amplitude)
+    q = (p + disp) @ m[:3, :3].T + m[:3, 3]  # where each fixed voxel centre lands in moving space
+    q = q.reshape(g.shape + (3,)).astype(np.float32)
+    out = np.zeros(g.shape, dtype=np.float32)
+    reach = float(np.abs(disp).max()) + 1e-6
+    inv = np.linalg.inv(m)
+
+    def add(lo_m: np.ndarray, hi_m: np.ndarray, value) -> None:
+        corners = lo_m + np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, -1).T * (hi_m - lo_m)
+        back = corners @ inv[:3, :3].T + inv[:3, 3]  # A^-1 of the box, then widen by |d|
+        win = _window(g, back.min(0) - reach, back.max(0) + reach)
+        if win is not None:
+            out[win] += value(q[win]).astype(np.float32)
+
+    for c, s, a in zip(shapes.blob_centres, shapes.blob_sigmas, shapes.blob_amps):
+        add(c - 3.5 * s, c + 3.5 * s, lambda qq, c=c, s=s, a=a: a * np.exp(-np.sum((qq - c) ** 2, -1) / (2 * s * s)))
+    for ta, tb, s, a in zip(shapes.tube_a, shapes.tube_b, shapes.tube_sigmas, shapes.tube_amps):
+        def tube(qq, ta=ta, tb=tb, s=s, a=a):
+            ab = tb - ta
+            t = np.clip(((qq - ta) @ ab) / (ab @ ab), 0.0, 1.0)
+            return a * np.exp(-np.sum((qq - (ta + t[..., None] * ab)) ** 2, -1) / (2 * s * s))
+
+        add(np.minimum(ta, tb) - 3.5 * s, np.maximum(ta, tb) + 3.5 * s, tube)
+    if noise:
+        rng = np.random.default_rng([seed, 11, *g.shape])
+        out = np.clip(out + rng.normal(0.0, noise, size=out.shape).astype(np.float32), 0, None)
+    dt = np.dtype(dtype)
+    scale = (np.iinfo(dt).max / 8.0) if np.issubdtype(dt, np.integer) else 1.0
+    fixed = image(_to_dtype(out, dt, scale), g.spacing, g.origin)
+    return fixed, moving, m, disp.reshape(g.shape + (3,))

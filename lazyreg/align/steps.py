@@ -20,7 +20,7 @@ from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 from ..transforms.points import normalize_transforms
 
-__all__ = ["align", "parse_steps", "STEPS"]
+__all__ = ["align", "parse_steps", "run_steps", "STEPS"]
 
 log = logging.getLogger("lazyreg.align")
 
@@ -106,6 +106,16 @@ def _check_mask(mask: Any, img: xr.DataArray, argname: str) -> xr.DataArray | No
     return mask
 
 
+def deform_options(parsed: list[tuple[str, dict]]) -> dict | None:
+    """Options of the one ``"deform"`` step (which must come last), or None without one."""
+    deform_opts = [o for n, o in parsed if n == "deform"]
+    if len(deform_opts) > 1:
+        raise LazyregError("steps: at most one 'deform' step (it must be the last)")
+    if deform_opts and parsed[-1][0] != "deform":
+        raise LazyregError("steps: 'deform' must be the last step")
+    return deform_opts[0] if deform_opts else None
+
+
 def _deform_grid(fixed: Grid, opts: dict) -> Grid:
     """The grid of the displacement field of a deform step (known before the step runs)."""
     from .itk import deformable_field_grid
@@ -137,6 +147,33 @@ def _run_step(name: str, opts: dict, fixed, moving, fixed_mask, moving_mask, sta
     log.info("align step %s: %s", name, {k: v for k, v in report.items() if not isinstance(v, (list, dict, np.ndarray))})
     new["reports"] = state["reports"] + [report]
     return new
+
+
+def run_steps(
+    parsed: list[tuple[str, dict]],
+    fixed: xr.DataArray,
+    moving: xr.DataArray,
+    *,
+    fixed_mask: xr.DataArray | None = None,
+    moving_mask: xr.DataArray | None = None,
+    initial: Any = None,
+    seed: int = 0,
+    field_grid: Grid | None = None,
+    threads: int | None = None,
+) -> dict:
+    """Run checked steps (from :func:`parse_steps`) eagerly on in-memory images.
+
+    Returns the state: ``matrix`` (4x4), ``field`` ((Z, Y, X, 3) values on ``field_grid``, or
+    None) and ``reports`` (one dict per step). ``threads`` sets the SimpleITK threads of steps
+    that take it and were not given it. Used by :func:`align` (one task per step) and by
+    piecewise alignment (all steps of a block in one task).
+    """
+    state = _start(np.eye(4) if initial is None else initial)
+    for i, (name, opts) in enumerate(parsed):
+        if threads is not None and "threads" not in opts and "threads" in inspect.signature(_step_function(name)[0]).parameters:
+            opts = dict(opts, threads=threads)
+        state = _run_step(name, opts, fixed, moving, fixed_mask, moving_mask, state, int(seed) + i, field_grid)
+    return state
 
 
 def _start(initial: Any) -> dict:
@@ -214,12 +251,8 @@ def align(
     if not isinstance(seed, (int, np.integer)):
         raise LazyregError(f"seed: expected an integer, got {seed!r}")
     g_fixed = grid_of(fixed, "fixed")
-    deform_opts = [o for n, o in parsed if n == "deform"]
-    if len(deform_opts) > 1:
-        raise LazyregError("steps: at most one 'deform' step (it must be the last)")
-    if deform_opts and parsed[-1][0] != "deform":
-        raise LazyregError("steps: 'deform' must be the last step")
-    field_grid = _deform_grid(g_fixed, deform_opts[0]) if deform_opts else None
+    deform = deform_options(parsed)
+    field_grid = _deform_grid(g_fixed, deform) if deform is not None else None
 
     fx = dask.delayed(_in_memory, pure=True)(fixed)
     mv = dask.delayed(_in_memory, pure=True)(moving)

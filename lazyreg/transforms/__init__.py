@@ -6,6 +6,17 @@ means ``moving = A(D(x))``: the last element is applied first, as in ITK's ``Com
 
 from .affine import Affine
 from .field import DisplacementField, interpolate_field
+from .invert import invert_field
+from .jacobian import jacobian_determinant
 from .points import Transform, normalize_transforms, transform_points
 
-__all__ = ["Affine", "DisplacementField", "Transform", "interpolate_field", "normalize_transforms", "transform_points"]
+__all__ = [
+    "Affine",
+    "DisplacementField",
+    "Transform",
+    "interpolate_field",
+    "invert_field",
+    "jacobian_determinant",
+    "normalize_transforms",
+    "transform_points",
+]

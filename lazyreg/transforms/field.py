@@ -337,6 +337,38 @@ class DisplacementField:
             (data,), rep = dask.compute(self.data, **kwargs), self.report
         return DisplacementField(data, report=rep)
 
+    def inverse(
+        self,
+        *,
+        tolerance: float = 0.01,
+        max_iterations: int = 50,
+        grid: Any = None,
+        max_displacement: float | Sequence[float] | None = None,
+        chunks: Any = None,
+    ) -> DisplacementField:
+        """The inverse field, by fixed-point iteration (lazy for a lazy field).
+
+        See :func:`lazyreg.transforms.invert.invert_field` for the parameters, the report and
+        how a lazy inverse finds the field values it needs (``max_displacement``).
+
+        Examples
+        --------
+        >>> import numpy as np, lazyreg
+        >>> D = lazyreg.DisplacementField.from_array(np.ones((4, 4, 4, 3)), 1.0)
+        >>> D.inverse()([[1.5, 1.5, 1.5]])
+        array([[0.5, 0.5, 0.5]])
+        """
+        from .invert import invert_field
+
+        return invert_field(
+            self,
+            grid=grid,
+            tolerance=tolerance,
+            max_iterations=max_iterations,
+            max_displacement=max_displacement,
+            chunks=chunks,
+        )
+
     # -- mapping -----------------------------------------------------------------------------
     def displacement_at(self, points: Any) -> np.ndarray:
         """Displacement at physical points (z, y, x); zero outside the field (see Notes).

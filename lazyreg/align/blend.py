@@ -1,0 +1,129 @@
+"""Blending block results into one displacement field, chunk by chunk.
+
+A block result is a small dict: its ``status`` and, for blocks that aligned, the local transform
+as parameters -- a 4x4 ``matrix`` and optionally a ``field`` (values on a coarse grid, from a
+B-spline step) -- so that the local map is ``L_b(x) = matrix @ (x + v_b(x))`` and its displacement
+``u_b(x) = L_b(x) - x`` can be evaluated anywhere (``v_b`` is extended beyond its grid by its edge
+values). Blocks without a result (skipped or failed) are *filled* from their aligned neighbours:
+their displacement is the neighbours' local maps, extrapolated over the block with broad tent
+weights, so the neighbours' ramps take over with no hole and no jump. A block with no aligned
+neighbour contributes zero displacement. Each chunk of the field is then the weighted mean of the
+(at most 27, for overlap <= 0.5) blocks whose weights reach it (:mod:`lazyreg.align.blocks`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..image import Grid
+from .blocks import BlockLayout
+
+__all__ = ["local_displacement", "fill_block", "field_chunk"]
+
+#: Tent half-width of the fill weights, in block sizes: positive over a neighbour's whole region.
+FILL_REACH = 3.0
+#: Points per axis of the grid a filled block's displacement is sampled on.
+FILL_POINTS = 9
+#: Points per slab when evaluating a chunk (bounds the task's temporary memory).
+SLAB_POINTS = 1 << 18
+
+
+def _interp_clamped(values: np.ndarray, grid: Grid, points: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of (Z, Y, X, 3) values at physical points, edge values beyond."""
+    idx = grid.to_index(points).T
+    out = np.empty((points.shape[0], 3))
+    for c in range(3):
+        out[:, c] = ndi.map_coordinates(values[..., c], idx, order=1, mode="nearest")
+    return out
+
+
+def local_displacement(result: dict, points: np.ndarray) -> np.ndarray:
+    """Displacement ``u_b`` of one block result at physical points (N, 3).
+
+    Aligned blocks evaluate their local map; filled blocks interpolate their fill; others are zero.
+    """
+    if result["status"] == "ok":
+        y = points
+        if result.get("field") is not None:
+            values, g = result["field"]
+            y = points + _interp_clamped(values, g, points)
+        m = result["matrix"]
+        return y @ m[:3, :3].T + m[:3, 3] - points
+    if result.get("fill") is not None:
+        values, g = result["fill"]
+        return _interp_clamped(values, g, points)
+    return np.zeros_like(points, dtype=float)
+
+
+def _fill_grid(layout: BlockLayout, index: tuple[int, int, int]) -> Grid:
+    g = layout.region_grid(index)
+    n = np.asarray(g.shape)
+    pts = np.minimum(n, FILL_POINTS)
+    sp = np.asarray(g.spacing) * np.where(pts > 1, (n - 1) / np.maximum(pts - 1, 1), 1.0)
+    return Grid(tuple(int(p) for p in pts), tuple(sp), g.origin)
+
+
+def fill_block(layout: BlockLayout, result: dict, *neighbours: dict) -> dict:
+    """Give a block without its own result a displacement extrapolated from aligned neighbours.
+
+    Aligned blocks are returned unchanged. Otherwise the block's region is sampled on a coarse
+    grid; at each sample the aligned neighbours' local displacements are averaged with tent
+    weights ``prod_a max(0, 1 - |x_a - c_a| / (FILL_REACH * blocksize_a))`` around their centres.
+    """
+    if result["status"] == "ok":
+        return result
+    ok = [n for n in neighbours if n["status"] == "ok"]
+    if not ok:
+        return dict(result, fill=None)
+    g = _fill_grid(layout, result["index"])
+    pts = g.to_physical(np.indices(g.shape).reshape(3, -1).T)
+    size = np.asarray(layout.blocksize) * np.asarray(layout.grid.spacing)
+    num = np.zeros_like(pts)
+    den = np.zeros(len(pts))
+    for n in ok:
+        w = np.prod(np.clip(1.0 - np.abs(pts - layout.centre(n["index"])) / (FILL_REACH * size), 0.0, None), axis=1)
+        num += w[:, None] * local_displacement(n, pts)
+        den += w
+    values = (num / den[:, None]).reshape(g.shape + (3,))
+    return dict(result, fill=(values, g))
+
+
+def field_chunk(layout: BlockLayout, chunk: Grid, *results: dict) -> np.ndarray:
+    """Blend block results over one chunk of the field grid -> (Z, Y, X, 3) float32.
+
+    ``results`` are (filled) results of every block whose weight may reach the chunk.
+    """
+    coords = chunk.coords()
+    zc, yc, xc = (coords[d] for d in "zyx")
+    weights = []
+    for r in results:
+        w = [layout.weights_1d(r["index"], a, c) for a, c in enumerate((zc, yc, xc))]
+        if all(v.any() for v in w):
+            weights.append((r, w))
+    out = np.zeros(chunk.shape + (3,), dtype=np.float32)
+    plane = len(yc) * len(xc)
+    step = max(1, SLAB_POINTS // max(plane, 1))
+    yy, xx = np.meshgrid(yc, xc, indexing="ij")
+    for z0 in range(0, len(zc), step):
+        zs = zc[z0 : z0 + step]
+        pts = np.empty((len(zs), len(yc), len(xc), 3))
+        pts[..., 0] = zs[:, None, None]
+        pts[..., 1] = yy
+        pts[..., 2] = xx
+        pts = pts.reshape(-1, 3)
+        num = np.zeros_like(pts)
+        den = np.zeros(len(pts))
+        for r, (wz, wy, wx) in weights:
+            w = (wz[z0 : z0 + step, None, None] * wy[None, :, None] * wx[None, None, :]).ravel()
+            sel = w > 0
+            if not sel.any():
+                continue
+            num[sel] += w[sel, None] * local_displacement(r, pts[sel])
+            den[sel] += w[sel]
+        good = den > 0
+        num[good] /= den[good, None]
+        out[z0 : z0 + step] = num.reshape(len(zs), len(yc), len(xc), 3)
+    return out

@@ -1,0 +1,246 @@
+"""Piecewise alignment: block layout, blending, laziness, recovery of a known field, failures, errors."""
+
+from __future__ import annotations
+
+import logging
+
+import dask
+import numpy as np
+import pytest
+from dask.callbacks import Callback
+
+import lazyreg
+from lazyreg import Affine, DisplacementField, LazyregError
+from lazyreg.align import piecewise as pw
+from lazyreg.align.blend import field_chunk, fill_block
+from lazyreg.align.blocks import block_layout
+from lazyreg.data import smooth_displacement, warped_pair
+from lazyreg.image import Grid, grid_of
+from lazyreg.metrics import pearson
+
+from _helpers import grid_points
+
+
+class CountTasks(Callback):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def _pretask(self, key, dsk, state):
+        self.n += 1
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_layout_regions_and_weights_partition_unity():
+    g = Grid((40, 64, 80), (2.0, 1.0, 0.5), (5.0, -3.0, 1.0))
+    L = block_layout(g, (16, 16, 16), 0.25)
+    assert L.nblocks == (3, 4, 5) and L.pad == (4, 4, 4)
+    assert L.region((0, 1, 4)) == (slice(0, 20), slice(12, 36), slice(60, 80))
+    # trapezoid weights of all blocks sum to one between the first and the last block centre
+    # (before renormalisation, which the volume edges need)
+    for a in range(3):
+        c = g.coords()["zyx"[a]]
+        blocks = [tuple(i if k == a else 0 for k in range(3)) for i in range(L.nblocks[a])]
+        total = sum(L.weights_1d(b, a, c) for b in blocks)
+        inner = (c >= L.centre(blocks[0])[a]) & (c <= L.centre(blocks[-2])[a])
+        assert np.allclose(total[inner], 1.0) and np.all(total > 0), a
+    # a block's weight is 1 in the middle of its core and 0 beyond core + pad
+    c = g.coords()["x"]
+    w = L.weights_1d((0, 0, 2), 2, c)
+    idx = np.arange(len(c))
+    assert np.all(w[(idx >= 36) & (idx <= 43)] == 1.0) and np.all(w[(idx < 28) | (idx > 51)] == 0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"blocksize": 4}, r"blocksize: every size must be at least 8"),
+        ({"blocksize": (8, 8, 500)}, r"blocksize: larger than the fixed image .*x: 500 > 48"),
+        ({"blocksize": "big"}, r"blocksize: expected an integer"),
+        ({"blocksize": 16, "overlap": 1.0}, r"overlap: expected a fraction .* \[0, 1\)"),
+        ({"blocksize": 16, "overlap": -0.1}, r"overlap: expected a fraction"),
+        ({"blocksize": 16, "static_transforms": [np.eye(4)]}, r"static_transforms\[0\]: expected an Affine"),
+        ({"blocksize": 16, "foreground_fraction": 2}, r"foreground_fraction: expected a fraction"),
+        ({"blocksize": 16, "field_spacing": -1}, r"field_spacing: expected a positive"),
+    ],
+)
+def test_bad_input_is_refused_up_front(kwargs, match):
+    fixed, moving, _ = lazyreg.data.synthetic_pair((24, 48, 48), seed=0)
+    with pytest.raises(LazyregError, match=match):
+        lazyreg.align_piecewise(fixed, moving, [("affine", {})], **kwargs)
+
+
+def test_bad_steps_and_masks_are_refused():
+    fixed, moving, _ = lazyreg.data.synthetic_pair((24, 48, 48), seed=0)
+    with pytest.raises(LazyregError, match=r"unknown step 'afine' \(did you mean 'affine'\?\)"):
+        lazyreg.align_piecewise(fixed, moving, [("afine", {})], blocksize=16)
+    wrong = lazyreg.image(np.ones((24, 48, 40), bool), lazyreg.spacing(fixed))
+    with pytest.raises(LazyregError, match=r"fixed_mask: the mask's grid"):
+        lazyreg.align_piecewise(fixed, moving, ["affine"], blocksize=16, fixed_mask=wrong)
+    with pytest.raises(LazyregError, match=r"'deform' must be the last step"):
+        lazyreg.align_piecewise(fixed, moving, ["deform", "affine"], blocksize=16)
+
+
+# --------------------------------------------------------------------------- blending
+
+
+def _results_from_truth(L, truth, failed=()):
+    """Block results whose local affine is the first-order fit of a smooth truth at the centre."""
+    out = {}
+    for idx in L.indices():
+        c = L.centre(idx)
+        eps = 1e-3
+        jac = np.stack([(truth(c + eps * e) - truth(c - eps * e)) / (2 * eps) for e in np.eye(3)], 1)
+        m = np.eye(4)
+        m[:3, :3] = np.eye(3) + jac
+        m[:3, 3] = c + truth(c) - m[:3, :3] @ c
+        status = "failed" if idx in failed else "ok"
+        out[idx] = {"index": idx, "status": status, "matrix": m if status == "ok" else None, "field": None}
+    return out
+
+
+def _blend(L, results, fgrid=None):
+    fgrid = fgrid or L.grid
+    filled = {i: fill_block(L, results[i], *[results[j] for j in L.neighbours(i)]) for i in L.indices()}
+    lo = np.asarray(fgrid.origin)
+    hi = lo + (np.asarray(fgrid.shape) - 1) * np.asarray(fgrid.spacing)
+    return field_chunk(L, fgrid, *[filled[j] for j in L.blocks_touching(lo, hi)])
+
+
+def test_blending_is_seamless_and_a_failed_block_is_covered_by_its_neighbours():
+    g = Grid((64, 64, 64), (2.0, 1.0, 1.0), (3.0, 0.0, -2.0))
+    L = block_layout(g, 8, 0.5)
+
+    def truth(p):
+        return smooth_displacement(np.atleast_2d(p), g, 4.0)[0]
+
+    pts = grid_points(g)
+    exact = smooth_displacement(pts, g, 4.0).reshape(g.shape + (3,))
+    good = _blend(L, _results_from_truth(L, truth))
+    failed = (3, 4, 4)
+    holed = _blend(L, _results_from_truth(L, truth, failed=[failed]))
+    sp = np.asarray(g.spacing)
+    for u in (good, holed):
+        err = np.linalg.norm((u - exact) / sp, axis=-1)
+        assert err.mean() < 0.15, err.mean()  # first-order local fits of the smooth truth
+        # no seams: neighbouring voxels differ no more than the smooth truth allows (+ a margin)
+        for a in range(3):
+            jump = np.abs(np.diff(u, axis=a)).max()
+            assert jump <= np.abs(np.diff(exact, axis=a)).max() + 0.05 * sp[a], (a, jump)
+    core = L.core(failed)
+    assert np.linalg.norm(holed[core] - exact[core], axis=-1).max() < 0.5  # no hole where it failed
+
+
+def test_blend_chunks_equal_one_chunk():
+    g = Grid((40, 48, 56), (1.5, 1.0, 1.0), (0.0, 2.0, 0.0))
+    L = block_layout(g, (16, 16, 16), 0.5)
+    res = _results_from_truth(L, lambda p: smooth_displacement(np.atleast_2d(p), g, 3.0)[0], failed=[(0, 0, 0)])
+    whole = _blend(L, res)
+    part = Grid((10, 20, 7), g.spacing, tuple(g.to_physical(np.array([[12.0, 9.0, 30.0]]))[0]))
+    assert np.allclose(_blend(L, res, part), whole[12:22, 9:29, 30:37], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the lazy graph
+
+
+@pytest.fixture(scope="module")
+def warped():
+    fixed, moving, A, d = warped_pair((32, 80, 80), spacing=(2.0, 1.0, 1.0), origin=(4.0, -2.0, 1.0), amplitude=3.0, seed=2)
+    return fixed, moving, A, d
+
+
+def test_building_computes_nothing(warped, tmp_path):
+    fixed, moving, A, _ = warped
+    lazyreg.to_zarr(fixed, tmp_path / "f.ome.zarr")
+    lazyreg.to_zarr(moving, tmp_path / "m.ome.zarr")
+    f = lazyreg.open_image(tmp_path / "f.ome.zarr")
+    m = lazyreg.open_image(tmp_path / "m.ome.zarr")
+    static = lazyreg.align(f, m, [("affine", {})])  # lazy too
+    with CountTasks() as cb:
+        field = lazyreg.align_piecewise(f, m, [("affine", {})], blocksize=(16, 40, 40), static_transforms=[static])
+        out = lazyreg.apply_transform(f, m, [static, field])
+    assert cb.n == 0
+    assert field.is_lazy and out.chunks is not None
+    assert field.grid == grid_of(f)
+
+
+def _mean_error(field, d, fixed):
+    sp = np.asarray(lazyreg.spacing(fixed))
+    err = np.linalg.norm((field.values - d) / sp, axis=-1)
+    from scipy import ndimage as ndi
+
+    fg = ndi.gaussian_filter(fixed.values.astype(float), 2) > 0.02 * fixed.values.max()
+    return float(err[fg].mean()), fg
+
+
+@pytest.mark.slow
+def test_recovers_a_known_field_on_top_of_a_static_affine(warped):
+    fixed, moving, A, d = warped
+    steps = [("affine", {}), ("deform", {"control_point_spacing": 20.0})]
+    field = lazyreg.align_piecewise(
+        fixed, moving, steps, blocksize=(16, 40, 40), static_transforms=[Affine(A)], foreground_fraction=0.05
+    ).compute()
+    rows = field.report
+    assert len(rows) == 2 * 2 * 2 and sum(r["status"] == "ok" for r in rows) >= 6, rows
+    err, _ = _mean_error(field, d, fixed)
+    truth_size, _ = _mean_error(DisplacementField.from_array(np.zeros_like(d), lazyreg.spacing(fixed), lazyreg.origin(fixed)), d, fixed)
+    assert err < 1.0 and err < 0.5 * truth_size, (err, truth_size)
+    after = pearson(fixed, lazyreg.apply_transform(fixed, moving, [Affine(A), field]))
+    affine_only = pearson(fixed, lazyreg.apply_transform(fixed, moving, [Affine(A)]))
+    assert after > affine_only + 0.05, (after, affine_only)
+
+
+@pytest.mark.slow
+def test_forced_failure_is_recorded_logged_and_covered(warped, monkeypatch, caplog):
+    fixed, moving, A, d = warped
+    real = pw.run_steps
+
+    def flaky(parsed, fx, mv, **kw):
+        if lazyreg.origin(fx)[2] > 10:  # blocks of the second x column (region starts at x = 21)
+            raise LazyregError("ransac: found 3 blobs in fixed, 2 in moving (forced)")
+        return real(parsed, fx, mv, **kw)
+
+    monkeypatch.setattr(pw, "run_steps", flaky)
+    with caplog.at_level(logging.WARNING, logger="lazyreg.align"), dask.config.set(scheduler="threads"):
+        field = lazyreg.align_piecewise(
+            fixed, moving, [("affine", {})], blocksize=(16, 40, 40), static_transforms=[Affine(A)], foreground_fraction=0.05
+        ).compute()
+    failed = [r for r in field.report if r["status"] == "failed"]
+    assert failed and all("forced" in r["reason"] for r in failed)
+    assert any("failed" in m for m in caplog.messages)
+    v = field.values
+    assert np.all(np.isfinite(v))
+    # the failed column is covered by its neighbours: displacement continues into it
+    sp = np.asarray(lazyreg.spacing(fixed))
+    assert np.abs(np.diff(v, axis=2)).max() < 1.0 * sp[2]
+    assert np.linalg.norm(v[:, :, 60:], axis=-1).mean() > 0.3 * np.linalg.norm(v[:, :, :20], axis=-1).mean()
+
+
+@pytest.mark.slow
+def test_threads_and_local_cluster_agree_and_seed_is_deterministic(warped):
+    from distributed import Client, LocalCluster
+
+    fixed, moving, A, _ = warped
+    kw = dict(blocksize=(16, 40, 40), static_transforms=[Affine(A)], foreground_fraction=0.05, seed=3)
+    steps = [("affine", {"optimizer_args": {"numberOfIterations": 20}})]
+    a = lazyreg.align_piecewise(fixed, moving, steps, **kw).compute(scheduler="threads")
+    b = lazyreg.align_piecewise(fixed, moving, steps, **kw).compute(scheduler="threads")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, Client(cl):
+        c = lazyreg.align_piecewise(fixed, moving, steps, **kw).compute()
+    assert np.array_equal(a.values, b.values)
+    assert np.array_equal(a.values, c.values)
+    assert [r["status"] for r in a.report] == [r["status"] for r in c.report]
+
+
+def test_skipped_blocks_and_field_spacing():
+    fixed, moving, A = lazyreg.data.synthetic_pair((24, 48, 48), seed=1)
+    empty = fixed.copy(data=np.zeros(fixed.shape, fixed.dtype))
+    field = lazyreg.align_piecewise(empty, moving, ["affine"], blocksize=24, static_transforms=Affine(A), field_spacing=(4.0, 3.0, 3.0))
+    assert field.grid.spacing == (4.0, 3.0, 3.0) and field.grid.origin == tuple(lazyreg.origin(fixed))
+    lo, hi = field.grid.extent
+    assert np.all(hi >= grid_of(fixed).to_physical(np.array([[23, 47, 47]]))[0])
+    field = field.compute()
+    assert all(r["status"] == "skipped" and "foreground" in r["reason"] for r in field.report)
+    assert np.all(field.values == 0)
