@@ -38,9 +38,13 @@ def pearson(a: xr.DataArray, b: xr.DataArray, mask: xr.DataArray | None = None) 
         gm = grid_of(mask, "mask")
         if gm.shape != ga.shape:
             raise LazyregError(f"mask: shape {gm.shape} differs from the image shape {ga.shape}")
-        m = da.asarray(mask.data).astype(bool).ravel()
-        x, y = x[m], y[m]
-    n, sx, sy, sxx, syy, sxy = da.compute(x.size, x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum())
+        w = da.asarray(mask.data).astype(bool).astype(np.float64).ravel()
+    else:
+        w = da.ones_like(x)
+    # weighted sums (a boolean selection would give dask arrays of unknown size)
+    n, sx, sy, sxx, syy, sxy = da.compute(
+        w.sum(), (w * x).sum(), (w * y).sum(), (w * x * x).sum(), (w * y * y).sum(), (w * x * y).sum()
+    )
     if not n:
         raise LazyregError("mask: selects no voxel")
     cov = sxy / n - sx * sy / n**2

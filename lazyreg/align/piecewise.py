@@ -227,11 +227,6 @@ def _field_grid(fixed: Grid, field_spacing: Any) -> Grid:
     return Grid(tuple(int(n) for n in shape), tuple(sp), tuple(first))
 
 
-def _region_data(arr: da.Array | np.ndarray, region: tuple[slice, ...]) -> Any:
-    sub = arr[region]
-    return sub if isinstance(sub, da.Array) else np.asarray(sub)
-
-
 def _single(x: Any, collections: list) -> Any:
     """The key of a one-chunk dask array or a Delayed (noted in ``collections``), or the value."""
     if isinstance(x, da.Array):
@@ -359,17 +354,22 @@ def align_piecewise(
     static_keys = [_single(a, collections) for a in sargs]
     thr = _single(_threshold(fixed, foreground_threshold) if fixed_mask is None else 0.0, collections)
 
+    # in-memory arrays become one dask array each, so block regions are views, not graph copies
+    fixed_arr = fixed.data if isinstance(fixed.data, da.Array) else da.from_array(fixed.data, chunks=layout.blocksize)
+    mask_arr = None
+    if fixed_mask is not None:
+        mask_arr = fixed_mask.data if isinstance(fixed_mask.data, da.Array) else da.from_array(fixed_mask.data, chunks=layout.blocksize)
     for n, idx in enumerate(layout.indices()):
         region = layout.region(idx)
         rgrid = layout.region_grid(idx)
-        fx = _region_data(fixed.data, region)
+        fx = fixed_arr[region]
         mv = apply_transform(
             image(da.zeros(rgrid.shape, dtype=np.uint8, chunks=-1), rgrid.spacing, rgrid.origin),
             moving,
             static,
             chunks=rgrid.shape,
         ).data
-        mk = _region_data(fixed_mask.data, region) if fixed_mask is not None else None
+        mk = mask_arr[region] if mask_arr is not None else None
         args = [_single(x, collections) for x in (fx, mv, mk)]
         task = _BlockTask(
             index=idx,
