@@ -61,6 +61,9 @@ dask scheduler (--scheduler; default 'local', for 'lazyreg demo' 'threads'):
                     small data and tests (--threads sets the number of threads)
   --scheduler synchronous
                     one thread, in order (debugging)
+
+progress: on stderr, a live line (tasks done / total, elapsed, ETA) on a terminal, a few summary
+  lines otherwise, nothing with --quiet. Errors: one line on stderr (--debug: the traceback).
 exit codes: 0 done, 1 the run failed, 2 bad usage or bad input, 130 interrupted.
 """
 
@@ -324,6 +327,8 @@ def _open(spec: str, what: str = "path", group: str | None = None):
     except LazyregError as e:
         msg = str(e)
         msg = msg[len("path: "):] if msg.startswith("path: ") else msg
+        if "group=" in msg:
+            msg += " (on the command line: PATH:GROUP, e.g. fix.n5:lowres)"
         raise LazyregError(msg if msg.startswith(f"{what}:") else f"{what}: {msg}") from None
 
 
@@ -442,11 +447,6 @@ def _prepare_file(path: str, overwrite: bool) -> Path:
     return out
 
 
-def _remove_empty(path: Path) -> None:
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
-
-
 # ------------------------------------------------------------------------------------ running
 class _Session:
     """Progress, peak memory, the dask scheduler and the timings of one command."""
@@ -562,7 +562,11 @@ def _dask(session: _Session) -> Iterator[dict]:
             dashboard_address=":0",
             silence_logs=logging.ERROR,
         )
-        client = Client(cluster)
+        try:
+            client = Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
     else:
         try:
             client = Client(kind, timeout="10s")
@@ -812,7 +816,6 @@ def _output(out: Path, folder: bool = False) -> Iterator[Path]:
 
 
 def _cmd_align(args: argparse.Namespace, session: _Session) -> None:
-    import dask
     import numpy as np
 
     from .align.steps import align
@@ -1022,8 +1025,6 @@ def _cmd_apply(args: argparse.Namespace, session: _Session) -> None:
 
 
 def _cmd_invert(args: argparse.Namespace, session: _Session) -> None:
-    import dask
-
     from .io.transform_files import FIELD_IMAGE_SUFFIXES, save_transform
     from .progress import PeakMemory
     from .transforms.field import DisplacementField

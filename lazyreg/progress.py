@@ -202,6 +202,7 @@ class Progress:
         drawer = None
         if self.mode == "bar":
             def redraw() -> None:
+                self._draw(ph)
                 while not stop.wait(self.interval):
                     self._draw(ph)
 

@@ -1,38 +1,98 @@
-"""The command line, end to end through subprocess."""
+"""The command line, end to end through subprocess on small synthetic data.
+
+Each command runs once through ``python -m lazyreg`` (a real process: exit codes, stdout, stderr,
+files); variations that fail before any computation (bad paths, bad step files, refused outputs)
+run in-process through :func:`lazyreg.cli.main`, which is what the console script calls.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+
+import lazyreg
+from lazyreg.cli import main
+
+SHAPE = (24, 48, 48)
+SPACING = (2.0, 1.0, 1.0)
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "lazyreg", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lazyreg", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end_under_a_minute(tmp_path):
-    out = tmp_path / "demo"
-    t0 = time.perf_counter()
-    r = run("demo", "-o", str(out))
-    seconds = time.perf_counter() - t0
+def one_line(stderr: str) -> bool:
+    return stderr.strip() != "" and stderr.strip().count("\n") == 0 and "Traceback" not in stderr
+
+
+def not_blank(png: Path) -> bool:
+    from matplotlib.image import imread
+
+    img = imread(png)
+    return img.ndim == 3 and float(img[..., :3].std()) > 0.01
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> SimpleNamespace:
+    """A warped pair on disk (OME-Zarr), its true affine (text) and deformation (OME-Zarr), step files."""
+    d = tmp_path_factory.mktemp("cli")
+    fixed, moving, A, disp = lazyreg.data.warped_pair(SHAPE, SPACING, seed=1, amplitude=3.0)
+    lazyreg.to_zarr(fixed, d / "fix.ome.zarr", chunks=(24, 24, 24))
+    lazyreg.to_zarr(moving, d / "mov.ome.zarr", chunks=(24, 24, 24))
+    lazyreg.save_transform(lazyreg.Affine(A), d / "affine.txt")
+    field = lazyreg.DisplacementField.from_array(disp.astype(np.float32), SPACING)
+    lazyreg.save_transform(field, d / "field.ome.zarr")
+    (d / "steps.json").write_text(json.dumps([["ransac", {"blob_sizes": [2, 8]}], ["affine", {}]]))
+    (d / "steps.yaml").write_text("# global steps\n- ransac: {blob_sizes: [2, 8]}\n- affine\n")
+    (d / "blocks.json").write_text(json.dumps([["affine", {}]]))
+    return SimpleNamespace(
+        dir=d, fix=d / "fix.ome.zarr", mov=d / "mov.ome.zarr", affine=d / "affine.txt", field=d / "field.ome.zarr",
+        field_values=disp, matrix=A,
+    )
+
+
+# ------------------------------------------------------------------------------- help and info
+def test_help_documents_commands_and_conventions(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for command in ("info", "align", "align-piecewise", "apply", "invert", "demo"):
+        assert command in text
+    assert main(["align-piecewise", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("PATH[:GROUP]", "fix.n5:lowres", "--blocksize", "--overlap", "--static", "--field-spacing",
+                 "--scheduler local|ADDRESS|threads|synchronous", "--workers", "--threads", "--memory-limit",
+                 "--overwrite", "--quiet", "--debug", "tcp://", "T1(T2(x))", "exit codes"):
+        assert flag in text, flag
+    assert main(["--version"]) == 0
+    assert lazyreg.__version__ in capsys.readouterr().out
+
+
+def test_info_shows_the_grid_chunks_and_size_on_disk(pair, capsys):
+    r = run("info", pair.fix)
     assert r.returncode == 0, r.stderr
-    assert seconds < 60
-    for name in ("fixed.ome.zarr", "moving.ome.zarr", "aligned.ome.zarr"):
-        assert (out / name / "zarr.json").exists()
-    line = next(l for l in r.stdout.splitlines() if "Pearson(fixed" in l)
-    before = float(line.split("before")[1].split(",")[0])
-    after = float(line.split("after")[1].split("(")[0])
-    assert before < 0.3 and after > 0.9
-    # a second run into the same folder is refused, and the outputs are untouched
-    stamp = (out / "aligned.ome.zarr" / "zarr.json").stat().st_mtime_ns
-    r2 = run("demo", "-o", str(out))
-    assert r2.returncode == 2
-    assert r2.stderr.strip().count("\n") == 0 and "--overwrite" in r2.stderr
-    assert (out / "aligned.ome.zarr" / "zarr.json").stat().st_mtime_ns == stamp
+    for expected in ("('z', 'y', 'x')", "(24, 48, 48)", "uint16", "(2.0, 1.0, 1.0) micrometer", "(0.0, 0.0, 0.0)",
+                     "(24, 24, 24)", "on disk"):
+        assert expected in r.stdout, expected
+    # PATH:GROUP and --group select the same level; --json for scripts
+    assert main(["info", f"{pair.fix}:0", "--json"]) == 0
+    a = json.loads(capsys.readouterr().out)
+    assert main(["info", str(pair.fix), "--group", "0", "--json"]) == 0
+    b = json.loads(capsys.readouterr().out)
+    assert a == b
+    assert a["group"] == "0" and a["shape"] == [24, 48, 48] and a["spacing"] == [2.0, 1.0, 1.0]
+    assert a["chunks"] == [24, 24, 24] and a["dims"] == ["z", "y", "x"]
+    assert 0 < a["size_on_disk_bytes"] < a["uncompressed_bytes"] and a["files"] == 5  # 0/zarr.json and 2 x 2 chunks
 
 
 def test_info_on_tutorial_data(tutorial_dir):
@@ -42,46 +102,316 @@ def test_info_on_tutorial_data(tutorial_dir):
     assert "(1.68, 1.84, 1.84)" in r.stdout
 
 
-def test_errors_are_one_line_with_exit_code_2(tmp_path):
-    r = run("info", str(tmp_path / "missing.zarr"))
-    assert r.returncode == 2
-    assert r.stderr.startswith("lazyreg: error: path:") and r.stderr.strip().count("\n") == 0
-    assert "Traceback" not in r.stderr
-    r = run("nonsense")
-    assert r.returncode == 2
+# ---------------------------------------------------------------------------------------- align
+@pytest.mark.slow
+def test_align_writes_transforms_image_report_and_pictures(pair, capsys):
+    steps = "steps.yaml" if _has_yaml() else "steps.json"
+    out = pair.dir / "global"
+    r = run("align", pair.fix, pair.mov, "-o", out, "--steps", pair.dir / steps, "--scheduler", "threads")
+    assert r.returncode == 0, r.stderr
+    # stderr is not a terminal here: a few summary lines, no progress bar
+    lines = r.stderr.strip().splitlines()
+    assert 2 <= len(lines) <= 6 and "\r" not in r.stderr, r.stderr
+    assert lines[0].startswith("dask: threads scheduler") and any(l.startswith("global alignment: ") for l in lines)
+    assert "Pearson(fixed, moving) before" in r.stdout
+
+    A = lazyreg.load_transform(out / "affine.txt")
+    assert A.allclose(lazyreg.load_transform(out / "affine.tfm"), atol=1e-9)
+    report = json.loads((out / "report.json").read_text())
+    assert report["command"] == "align"
+    assert report["steps"] == [["ransac", {"blob_sizes": [2, 8]}], ["affine", {}]]
+    assert [s["step"] for s in report["step_reports"]] == ["ransac", "affine"]
+    assert np.allclose(report["affine"], np.asarray(A))
+    assert report["pearson_after"] > report["pearson_before"] + 0.3
+    assert {"lazyreg", "python", "dask", "distributed", "SimpleITK", "numpy"} <= set(report["versions"])
+    assert report["versions"]["lazyreg"] == lazyreg.__version__
+    assert report["seconds"] > 0 and report["alignment_seconds"] > 0
+    assert report["peak_memory"]["bytes"] > 10 * 2**20 and report["peak_memory"]["method"]
+    assert report["scheduler"]["kind"] == "threads"
+    assert set(report["phases"]) == {"global alignment", "aligned image", "quality control"}
+    assert report["parameters"]["fixed"] == str(pair.fix)
+    assert report["fixed"]["shape"] == list(SHAPE)
+    for name in ("affine.txt", "affine.tfm", "aligned.ome.zarr", "overlay_before.png", "overlay_after.png", "report.json"):
+        assert name in report["outputs"] and (out / name).exists(), name
+    assert lazyreg.open_image(out / "aligned.ome.zarr").shape == SHAPE
+    assert not_blank(out / "overlay_before.png") and not_blank(out / "overlay_after.png")
+
+    # an existing, non-empty OUT is refused before anything runs, and left untouched
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert main(["align", str(pair.fix), str(pair.mov), "-o", str(out), "--steps", "affine", "--scheduler", "threads"]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "--overwrite" in err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
 
 
 @pytest.mark.slow
-def test_align_writes_transform_image_and_report(tmp_path):
-    import json
-
-    import numpy as np
-
-    import lazyreg
-
-    fixed, moving, truth = lazyreg.data.synthetic_pair((48, 96, 96), (2.0, 1.0, 1.0), seed=1)
-    lazyreg.to_zarr(fixed, tmp_path / "fix.ome.zarr")
-    lazyreg.to_zarr(moving, tmp_path / "mov.ome.zarr")
-    steps = tmp_path / "steps.json"
-    steps.write_text(json.dumps([["ransac", {"blob_sizes": [2, 8]}], ["affine", {}]]))
-    out = tmp_path / "out"
-    r = run("align", str(tmp_path / "fix.ome.zarr"), str(tmp_path / "mov.ome.zarr"), "-o", str(out), "--steps", str(steps))
+def test_align_piecewise_writes_field_block_report_and_pictures(pair):
+    out = pair.dir / "piecewise"
+    r = run(
+        "align-piecewise", pair.fix, pair.mov, "-o", out, "--steps", pair.dir / "blocks.json", "--static", pair.affine,
+        "--blocksize", "24", "--overlap", "0.25", "--foreground-fraction", "0.1", "--scheduler", "threads",
+    )
     assert r.returncode == 0, r.stderr
-    A = lazyreg.load_transform(out / "affine.txt")
-    B = lazyreg.load_transform(out / "affine.tfm")
-    assert A.allclose(B, atol=1e-9)
-    p = np.array([[40.0, 50.0, 45.0], [10.0, 20.0, 80.0]])
-    assert np.abs(A(p) - lazyreg.Affine(truth)(p)).max() < 1.0
+    assert "blocks {" in r.stdout
+    field = lazyreg.load_transform(out / "field.ome.zarr")
+    assert isinstance(field, lazyreg.DisplacementField) and field.grid.shape == SHAPE
     report = json.loads((out / "report.json").read_text())
-    assert report["pearson_after"] > report["pearson_before"] + 0.5
-    assert [s["step"] for s in report["report"]] == ["ransac", "affine"]
-    assert lazyreg.open_image(out / "aligned.ome.zarr").shape == fixed.shape
-    # existing output refused; bad step names and files give one line and exit code 2
-    r = run("align", str(tmp_path / "fix.ome.zarr"), str(tmp_path / "mov.ome.zarr"), "-o", str(out))
-    assert r.returncode == 2 and "--overwrite" in r.stderr
+    assert report["command"] == "align-piecewise" and report["static"] == [str(pair.affine)]
+    assert len(report["blocks"]) == 4  # 1 x 2 x 2 blocks of 24 voxels
+    assert {b["status"] for b in report["blocks"]} <= {"ok", "skipped", "failed"}
+    assert report["block_counts"].get("ok", 0) >= 2
+    assert set(report["jacobian"]) == {"min", "max", "folded_fraction"} and report["jacobian"]["min"] > 0
+    # the static affine alone leaves the known deformation; the blocks recover part of it
+    assert report["pearson_after"] > report["pearson_before"]
+    assert set(report["phases"]) == {"piecewise alignment", "aligned image", "quality control"}
+    for name in ("field.ome.zarr", "aligned.ome.zarr", "overlay_before.png", "overlay_after.png", "block_map.png"):
+        assert (out / name).exists() and name in report["outputs"], name
+    assert not_blank(out / "block_map.png") and not_blank(out / "overlay_after.png")
+
+
+# ---------------------------------------------------------------------------------- apply, invert
+@pytest.mark.slow
+def test_apply_on_a_running_scheduler_matches_apply_transform(pair, tmp_path, capsys, monkeypatch):
+    from distributed import LocalCluster
+
+    out = tmp_path / "applied.ome.zarr"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
+        r = run("apply", pair.fix, pair.mov, "-t", pair.affine, "-t", pair.field, "-o", out,
+                "--scheduler", cluster.scheduler_address, "--report", tmp_path / "apply.json")
+    assert r.returncode == 0, r.stderr
+    assert f"dask: scheduler {cluster.scheduler_address}, 1 workers, 2 threads" in r.stderr
+    assert "resampling: " in r.stderr
+    fixed, moving = lazyreg.open_image(pair.fix), lazyreg.open_image(pair.mov)
+    transforms = [lazyreg.load_transform(pair.affine), lazyreg.load_transform(pair.field)]
+    expected = lazyreg.apply_transform(fixed, moving, transforms).values
+    got = lazyreg.open_image(out)
+    assert got.shape == SHAPE and lazyreg.spacing(got) == SPACING
+    np.testing.assert_array_equal(got.values, expected)
+    report = json.loads((tmp_path / "apply.json").read_text())
+    assert report["scheduler"]["kind"] == "address" and report["transforms"] == [str(pair.affine), str(pair.field)]
+    assert "not included" in report["peak_memory"]["scope"]
+
+    # an existing output is refused (untouched); --overwrite replaces it. On a terminal the
+    # progress is a live line with tasks done / total, elapsed time and ETA; --quiet says nothing.
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    args = ["apply", str(pair.fix), str(pair.mov), "-t", str(pair.affine), "-o", str(out), "--scheduler", "threads"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "exists; pass --overwrite" in err
+    assert (out / "zarr.json").stat().st_mtime_ns == stamp
+    tty = _TTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert main(args + ["--overwrite", "--order", "0"]) == 0
+    monkeypatch.undo()
+    assert "\r" in tty.getvalue() and "tasks" in tty.getvalue() and "resampling: " in tty.getvalue()
+    only_affine = lazyreg.apply_transform(fixed, moving, transforms[:1], order=0).values
+    np.testing.assert_array_equal(lazyreg.open_image(out).values, only_affine)
+    capsys.readouterr()
+    assert main(args + ["--overwrite", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+@pytest.mark.slow
+def test_invert_on_a_local_cluster_gives_the_inverse_field(pair, tmp_path):
+    out = tmp_path / "inverse.ome.zarr"
+    r = run("invert", pair.field, "-o", out, "--max-displacement", "4", "--workers", "1", "--threads", "1",
+            "--memory-limit", "1GiB", "--report", tmp_path / "invert.json")
+    assert r.returncode == 0, r.stderr
+    assert "converged True" in r.stdout
+    assert "dask: LocalCluster, 1 workers, 1 threads, 1.0 GiB memory limit each" in r.stderr
+    inverse = lazyreg.load_transform(out)
+    field = lazyreg.DisplacementField.from_array(pair.field_values, SPACING)
+    assert inverse.grid == field.grid
+    # interior points (away from the band where the preimage leaves the field): D(inverse(y)) == y
+    g = field.grid
+    idx = np.stack(np.meshgrid(np.arange(4, 20, 3), np.arange(6, 42, 5), np.arange(6, 42, 5), indexing="ij"), -1).reshape(-1, 3)
+    y = g.to_physical(idx)
+    err = np.abs(field(inverse(y)) - y) / np.asarray(SPACING)
+    assert err.max() < 0.1
+    report = json.loads((tmp_path / "invert.json").read_text())
+    assert report["inversion"]["converged"] is True and report["scheduler"]["kind"] == "local-cluster"
+    assert report["scheduler"]["workers"] == 1 and "LocalCluster worker" in report["peak_memory"]["scope"]
+
+
+# ---------------------------------------------------------------------------------------- errors
+def test_a_bad_step_file_gives_one_line_and_exit_code_2(pair, tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text("[[\"afine\", {}]")
-    r = run("align", str(tmp_path / "fix.ome.zarr"), str(tmp_path / "mov.ome.zarr"), "-o", str(tmp_path / "o2"), "--steps", str(bad))
-    assert r.returncode == 2 and r.stderr.startswith("lazyreg: error: --steps") and r.stderr.strip().count("\n") == 0
-    r = run("align", str(tmp_path / "fix.ome.zarr"), str(tmp_path / "mov.ome.zarr"), "-o", str(tmp_path / "o3"), "--steps", "ransac,afine")
-    assert r.returncode == 2 and "unknown step 'afine'" in r.stderr
+    bad.write_text('[["afine", {}]')
+    r = run("align", pair.fix, pair.mov, "-o", tmp_path / "o", "--steps", bad)
+    assert r.returncode == 2 and one_line(r.stderr)
+    assert r.stderr.startswith("lazyreg: error: --steps:") and "not valid JSON" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def _cases(d: Path, tmp: Path) -> list:
+    fix, mov = str(d / "fix.ome.zarr"), str(d / "mov.ome.zarr")
+    (tmp / "unknown.json").write_text('[["afine", {}]]')
+    (tmp / "option.json").write_text('[["affine", {"metric": "nope"}]]')
+    (tmp / "empty.json").write_text("[]")
+    (tmp / "bad.yaml").write_text("- ransac: {blob_sizes: [2, 8]\n")
+    (tmp / "matrix.txt").write_text("1 2 3\n")
+    (tmp / "full").mkdir()
+    (tmp / "full" / "x").write_text("")
+    o = str(tmp / "out")
+    return [
+        (["info", str(tmp / "missing.zarr")], "path: " + str(tmp / "missing.zarr") + " does not exist"),
+        (["info", f"{fix}:nolevel"], "path: group: 'nolevel'"),
+        (["info", str(tmp / "nothing.n5") + ":lowres"], "path: " + str(tmp / "nothing.n5") + " does not exist"),
+        (["align", fix, str(tmp / "nomov.zarr"), "-o", o], "moving: "),
+        (["align", fix, mov, "-o", o, "--steps", str(tmp / "unknown.json")], "unknown step 'afine' (did you mean 'affine'?)"),
+        (["align", fix, mov, "-o", o, "--steps", "ransac,afine"], "--steps: 'ransac,afine': steps[1]: unknown step"),
+        (["align", fix, mov, "-o", o, "--steps", str(tmp / "option.json")], "metric: unknown value 'nope'"),
+        (["align", fix, mov, "-o", o, "--steps", str(tmp / "empty.json")], "--steps: "),
+        (["align", fix, mov, "-o", o, "--steps", str(tmp / "missing.yaml")], "missing.yaml does not exist"),
+        (["align", fix, mov, "-o", o, "--steps", str(tmp / "bad.yaml")] if _has_yaml() else ["nonsense"],
+         "not valid YAML" if _has_yaml() else "invalid choice"),
+        (["align", fix, mov, "-o", str(tmp / "full")], "exists and is not empty; pass --overwrite"),
+        (["align", fix, mov], "required: -o/--output"),
+        (["align-piecewise", fix, mov, "-o", o, "--steps", "affine", "--blocksize", "1,2"], "argument --blocksize"),
+        (["align-piecewise", fix, mov, "-o", o, "--steps", "affine", "--blocksize", "4"], "blocksize: "),
+        (["align-piecewise", fix, mov, "-o", o, "--steps", "affine", "--static", str(tmp / "none.txt")], "--static: "),
+        (["apply", fix, mov, "-t", str(tmp / "matrix.txt"), "-o", o + ".ome.zarr"], "-t: expected a 4x4"),
+        (["apply", fix, mov, "-t", str(tmp / "none.tfm"), "-o", o + ".ome.zarr"], "-t: "),
+        (["apply", fix, mov, "-o", fix, "--overwrite", "--scheduler", "threads"], "output: "),
+        (["apply", fix, mov, "-o", o + ".ome.zarr", "--scheduler", "threads", "--workers", "2"], "--workers applies to --scheduler local"),
+        (["apply", fix, mov, "-o", o + ".ome.zarr", "--memory-limit", "lots"], "--memory-limit: "),
+        (["invert", str(d / "affine.txt"), "-o", o + ".ome.zarr"], "not one displacement field"),
+        (["invert", str(d / "field.ome.zarr"), "-o", o + ".txt"], "output: expected a field file name"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
+    ]
+
+
+def test_usage_and_input_errors_are_one_line_with_exit_code_2(pair, tmp_path, capsys):
+    for argv, expected in _cases(pair.dir, tmp_path):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("lazyreg: error: ") and one_line(err), (argv, err)
+        assert expected in err, (argv, err)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.ome.zarr").exists()
+    # --debug adds the traceback
+    assert main(["info", str(tmp_path / "missing.zarr"), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_yaml_steps_without_pyyaml_suggest_json(pair, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "yaml", None)  # import yaml raises ImportError
+    assert main(["align", str(pair.fix), str(pair.mov), "-o", str(tmp_path / "o"), "--steps", str(pair.dir / "steps.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "PyYAML" in err and "JSON" in err
+    # JSON step files and comma-separated names never need it
+    from lazyreg.cli import _read_steps
+
+    assert _read_steps(str(pair.dir / "steps.json")) == [("ransac", {"blob_sizes": [2, 8]}), ("affine", {})]
+    assert _read_steps("ransac, affine") == [("ransac", {}), ("affine", {})]
+
+
+def test_a_failed_run_is_exit_code_1_and_leaves_no_output(pair, tmp_path, capsys):
+    broken = tmp_path / "broken.ome.zarr"
+    shutil.copytree(pair.mov, broken)
+    chunk = next(p for p in sorted((broken / "0").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"not zstd")
+    out = tmp_path / "out.ome.zarr"
+    assert main(["apply", str(pair.fix), str(broken), "-o", str(out), "--scheduler", "threads"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("lazyreg: failed: ") and "(stopped by an error)" in err[-2]
+    assert not any("Traceback" in l for l in err)
+    assert not out.exists()
+    assert main(["apply", str(pair.fix), str(broken), "-o", str(out), "--scheduler", "threads", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert one_line(err) and err.startswith("lazyreg: failed: ")
+
+
+# -------------------------------------------------------------------------------------- progress
+class _TTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_live_line_on_a_terminal_and_one_line_otherwise():
+    import dask.array as da
+
+    from lazyreg.progress import PeakMemory, Progress
+
+    def slow(x):
+        time.sleep(0.005)
+        return x
+
+    tty = _TTY()
+    bar = Progress("auto", stream=tty, interval=0.02)
+    assert bar.mode == "bar"
+    with bar.phase("sum"):
+        da.ones((32, 32), chunks=4).map_blocks(slow).sum().compute(scheduler="threads")
+    text = tty.getvalue()
+    assert "\r" in text and "/" in text and "tasks" in text and "ETA" in text
+    assert text.endswith("\n") and text.splitlines()[-1].split("\r")[-1].replace("\x1b[2K", "").startswith("sum: ")
+    assert bar.phases["sum"]["tasks"] == bar.phases["sum"]["done"] > 64
+
+    log = io.StringIO()
+    summary = Progress("auto", stream=log)
+    assert summary.mode == "summary"
+    with summary.phase("first"), PeakMemory() as memory:
+        da.ones(8, chunks=2).sum().compute(scheduler="threads")
+        da.ones(8, chunks=4).sum().compute(scheduler="synchronous")
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("first: ") and "tasks in" in lines[0] and "\r" not in log.getvalue()
+    assert memory.result()["bytes"] > 0
+    off = io.StringIO()
+    with Progress("off", stream=off).phase("x"):
+        da.ones(4, chunks=2).sum().compute(scheduler="threads")
+    assert off.getvalue() == ""
+
+
+def test_peak_memory_without_psutil_uses_getrusage(monkeypatch):
+    from lazyreg.progress import PeakMemory
+
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    with PeakMemory() as memory:
+        pass
+    r = memory.result()
+    assert memory.method == "getrusage" and r["bytes"] > 0 and "getrusage" in r["method"]
+
+
+# ------------------------------------------------------------------------------------------ demo
+@pytest.mark.slow
+def test_demo_runs_end_to_end_in_under_a_minute_of_cpu(tmp_path, capsys):
+    import resource
+
+    out = tmp_path / "demo"
+    before_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = run("demo", "-o", str(out))
+    after_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert r.returncode == 0, r.stderr
+    # CPU time rather than wall time: the limit holds on a busy machine too
+    assert (after_cpu.ru_utime + after_cpu.ru_stime) - (before_cpu.ru_utime + before_cpu.ru_stime) < 60
+    assert r.stderr.startswith("dask: threads scheduler") and "\r" not in r.stderr
+    for name in ("fixed.ome.zarr", "moving.ome.zarr", "aligned.ome.zarr"):
+        assert (out / name / "zarr.json").exists()
+    line = next(l for l in r.stdout.splitlines() if "Pearson(fixed" in l)
+    before = float(line.split("before")[1].split(",")[0])
+    after = float(line.split("after")[1].split("(")[0])
+    assert before < 0.3 and after > 0.9
+    # a second run into the same folder is refused, and the outputs are untouched
+    stamp = (out / "aligned.ome.zarr" / "zarr.json").stat().st_mtime_ns
+    assert main(["demo", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err) and "--overwrite" in err
+    assert (out / "aligned.ome.zarr" / "zarr.json").stat().st_mtime_ns == stamp
+
+
+def _has_yaml() -> bool:
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_results_computed_together_keep_their_order():
+    import dask
+    import dask.array as da
+
+    from lazyreg.cli import _compute_together
+
+    a, b, c = da.ones(2, chunks=1), dask.delayed(list)([1, 2]), da.zeros((1, 1), chunks=1)
+    x, y, z = _compute_together(a, b, c)
+    assert x.shape == (2,) and y == [1, 2] and z.shape == (1, 1)
