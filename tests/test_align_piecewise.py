@@ -244,3 +244,20 @@ def test_skipped_blocks_and_field_spacing():
     field = field.compute()
     assert all(r["status"] == "skipped" and "foreground" in r["reason"] for r in field.report)
     assert np.all(field.values == 0)
+
+
+@pytest.mark.slow
+def test_block_check_ignores_voxels_mapped_outside_the_block():
+    """A pure shift on a bright background: every block improves and none is called worse
+    because of the fill where its own transform leaves the block (regression)."""
+    ph = lazyreg.data.phantom((48, 96, 160), seed=0)
+    sp = lazyreg.spacing(ph)
+    v = ph.values.astype(np.float32) + float(ph.values.max())
+    big = lazyreg.image(v, sp)
+    moving = lazyreg.apply_transform(big, big, [Affine.from_translation((0, 0, 1.5 * sp[2]))]).compute()
+    fixed = lazyreg.image(v[:, :, 32:128], sp, origin=(0, 0, 32 * sp[2]))
+    f = lazyreg.align_piecewise(fixed, moving, [("affine", {})], blocksize=48, overlap=0.25, foreground_fraction=0.0).compute()
+    assert [r["status"] for r in f.report] == ["ok"] * 4, f.report
+    assert all(r["metric_after"] > r["metric_before"] + 0.03 for r in f.report)
+    # moving(x) = fixed(x + 1.5), so fixed(x) = moving(x - 1.5): the field is -1.5 along x
+    assert np.allclose(f.values[..., 2][8:-8, 8:-8, 8:-8], -1.5 * sp[2], atol=0.3 * sp[2])

@@ -124,10 +124,12 @@ def _inside_fraction(task: _BlockTask, static_args: Sequence[Any]) -> float:
     return float(np.mean(np.all((mapped >= lo) & (mapped <= hi), axis=1)))
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+def _pearson(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float | None:
     a = a.astype(np.float64).ravel()
     b = b.astype(np.float64).ravel()
-    if a.std() == 0 or b.std() == 0:
+    if where is not None:
+        a, b = a[where.ravel()], b[where.ravel()]
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
         return None
     return float(np.corrcoef(a, b)[0, 1])
 
@@ -136,7 +138,8 @@ def _warped(moving: np.ndarray, g: Grid, matrix: np.ndarray, field: tuple | None
     steps = [("affine", matrix, None)]
     if field is not None:
         steps.append(("field", field[0], field[1]))
-    return resample_array(moving, g, g, steps, order=1, fill_value=0.0, dtype=np.dtype(np.float32))
+    # NaN where the block's own transform leaves the block's moving region: not data, not compared
+    return resample_array(moving, g, g, steps, order=1, fill_value=np.nan, dtype=np.dtype(np.float32))
 
 
 def _align_block(task: _BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: Any, threshold: float, *static_args) -> dict:
@@ -198,7 +201,13 @@ def _align_block(task: _BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: 
     field = None if state["field"] is None else (np.asarray(state["field"], dtype=np.float32), task.field_grid)
     if not np.all(np.isfinite(matrix)) or (field is not None and not np.all(np.isfinite(field[0]))):
         return done("failed", "the registration returned NaN or infinite values")
-    row["metric_after"] = _pearson(fixed_f, _warped(moving_f, g, matrix, field))
+    warped = _warped(moving_f, g, matrix, field)
+    valid = np.isfinite(warped)
+    # compare before and after on the same voxels: those the result maps inside the block
+    row["metric_before"] = _pearson(fixed_f, moving_f, valid)
+    row["metric_after"] = _pearson(fixed_f, np.nan_to_num(warped), valid)
+    if row["metric_before"] is None:
+        return done("failed", "the result maps (almost) the whole block outside its moving region")
     if row["metric_after"] is None or row["metric_after"] < row["metric_before"]:
         return done(
             "failed",
