@@ -133,6 +133,34 @@ def test_blending_is_seamless_and_a_failed_block_is_covered_by_its_neighbours():
     assert np.linalg.norm(holed[core] - exact[core], axis=-1).max() < 0.5  # no hole where it failed
 
 
+def test_fill_never_exceeds_what_the_aligned_neighbours_found():
+    """One aligned block with a strong local scale among failed blocks: extrapolating its affine
+    over the failed blocks would grow with distance (and fold the field); the fill extends its
+    displacement at constant value, so the field stays within the block's own range, unfolded."""
+    g = Grid((48, 48, 48), (2.0, 1.0, 1.0), (0.0, 5.0, -3.0))
+    L = block_layout(g, 16, 0.25)
+    ok = (1, 1, 1)
+    c = L.centre(ok)
+    m = np.eye(4)
+    m[:3, :3] = np.diag([0.7, 1.3, 0.8])  # 30% local scale: u grows 0.3 * distance
+    m[:3, 3] = c - m[:3, :3] @ c + np.array([1.0, -2.0, 0.5])
+    results = {i: {"index": i, "status": "ok" if i == ok else "failed", "matrix": m if i == ok else None, "field": None}
+               for i in L.indices()}
+    u = _blend(L, results)
+    rg = L.region_grid(ok)
+    own = grid_points(rg) @ m[:3, :3].T + m[:3, 3] - grid_points(rg)
+    lo, hi = own.min(0), own.max(0)
+    flat = u.reshape(-1, 3)
+    assert np.all(flat >= lo - 1e-4) and np.all(flat <= hi + 1e-4), (flat.min(0), lo, flat.max(0), hi)
+    # the affine extrapolated to the far corner of the volume would reach far beyond that range
+    far = np.asarray(g.origin) + (np.asarray(g.shape) - 1) * np.asarray(g.spacing)
+    assert np.abs(far @ m[:3, :3].T + m[:3, 3] - far).max() > np.abs(np.stack([lo, hi])).max() + 5
+    # no folds: x -> x + u keeps a positive Jacobian determinant everywhere
+    grads = [np.gradient(u[..., i], *g.spacing) for i in range(3)]
+    jac = np.stack([np.stack(gr, -1) for gr in grads], -2) + np.eye(3)
+    assert np.linalg.det(jac).min() > 0
+
+
 def test_blend_chunks_equal_one_chunk():
     g = Grid((40, 48, 56), (1.5, 1.0, 1.0), (0.0, 2.0, 0.0))
     L = block_layout(g, (16, 16, 16), 0.5)

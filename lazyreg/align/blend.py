@@ -5,9 +5,11 @@ as parameters -- a 4x4 ``matrix`` and optionally a ``field`` (values on a coarse
 B-spline step) -- so that the local map is ``L_b(x) = matrix @ (x + v_b(x))`` and its displacement
 ``u_b(x) = L_b(x) - x`` can be evaluated anywhere (``v_b`` is extended beyond its grid by its edge
 values). Blocks without a result (skipped or failed) are *filled* from their aligned neighbours:
-their displacement is the neighbours' local maps, extrapolated over the block with broad tent
-weights, so the neighbours' ramps take over with no hole and no jump. A block with no aligned
-neighbour contributes zero displacement. Each chunk of the field is then the weighted mean of the
+their displacement is a tent-weighted mean of the neighbours' displacements, each *extended at
+constant value* beyond the neighbour's own region (evaluated at the nearest point of that region),
+so the neighbours' ramps take over with no hole and no jump, and a fill never exceeds what a
+neighbour found on its own data (extrapolating a local affine or rotation would grow without bound
+and can fold the field). A block with no aligned neighbour contributes zero displacement. Each chunk of the field is then the weighted mean of the
 (at most 27, for overlap <= 0.5) blocks whose weights reach it (:mod:`lazyreg.align.blocks`).
 """
 
@@ -67,11 +69,13 @@ def _fill_grid(layout: BlockLayout, index: tuple[int, int, int]) -> Grid:
 
 
 def fill_block(layout: BlockLayout, result: dict, *neighbours: dict) -> dict:
-    """Give a block without its own result a displacement extrapolated from aligned neighbours.
+    """Give a block without its own result a displacement taken from its aligned neighbours.
 
     Aligned blocks are returned unchanged. Otherwise the block's region is sampled on a coarse
-    grid; at each sample the aligned neighbours' local displacements are averaged with tent
+    grid; at each sample ``x`` the aligned neighbours' displacements are averaged with tent
     weights ``prod_a max(0, 1 - |x_a - c_a| / (FILL_REACH * blocksize_a))`` around their centres.
+    Each neighbour's displacement is evaluated at the point of its own region nearest to ``x``
+    (constant extension), so the fill stays within the displacements the neighbours found.
     """
     if result["status"] == "ok":
         return result
@@ -85,7 +89,10 @@ def fill_block(layout: BlockLayout, result: dict, *neighbours: dict) -> dict:
     den = np.zeros(len(pts))
     for n in ok:
         w = np.prod(np.clip(1.0 - np.abs(pts - layout.centre(n["index"])) / (FILL_REACH * size), 0.0, None), axis=1)
-        num += w[:, None] * local_displacement(n, pts)
+        rg = layout.region_grid(n["index"])
+        lo = np.asarray(rg.origin)
+        hi = lo + (np.asarray(rg.shape) - 1) * np.asarray(rg.spacing)
+        num += w[:, None] * local_displacement(n, np.clip(pts, lo, hi))
         den += w
     values = (num / den[:, None]).reshape(g.shape + (3,))
     return dict(result, fill=(values, g))
