@@ -7,8 +7,11 @@ How a task finds the moving voxels it needs is explained in ``docs/design.md``. 
   first): an affine maps the box to the box of its mapped corners; a displacement field widens it by
   the extreme displacements over the part of the field the box touches (plus zero where the box
   leaves the field's buffer, since points outside a field are not displaced).
-* If every transform is concrete, the moving box is known while building the graph, and the task
-  depends on exactly the moving chunks that intersect it (plus the margin of the interpolator).
+* If every transform is concrete, the moving box is known while building the graph. A task reads
+  that box (plus the margin of the interpolator) itself from the moving image's store when the
+  image is store-backed (:func:`lazyreg.io.source.find_source`), so no moving chunk is a graph
+  task (a distributed worker cannot read chunks ahead and hold them); otherwise it depends on
+  exactly the moving chunks that intersect the box.
 * If a transform is lazy, the box is known only inside the task. The task then receives the small
   transform values as dependencies and reads its moving box itself from the image's store
   (:func:`lazyreg.io.source.find_source`), or, for a lazy field, the box is bounded by a stated
@@ -33,7 +36,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from .errors import LazyregError, LazyregWarning
 from .image import Grid, grid_of, validate_image
-from .io.source import Source, find_source
+from .io.source import ChunkCache, chunk_cache_bytes, find_source, read_region
 from .transforms.affine import Affine
 from .transforms.field import DisplacementField
 from .transforms.points import normalize_transforms
@@ -49,6 +52,8 @@ SMALL_MOVING_BYTES = 256 * 2**20
 #: margin of 12 keeps the difference from filtering the whole image below 1e-6 of the signal.
 MARGIN = {0: 1, 1: 1, 3: 12}
 _INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
+#: Pixel types SimpleITK images hold as they are (others are converted to float before resampling).
+_SITK_PIXEL_TYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64))
 
 _CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=float)
 
@@ -167,7 +172,7 @@ class _Plan:
     threads: int
     region: tuple | None = None  # moving index region, when known at build time
     moving_refs: _Refs | None = None
-    source: tuple | None = None  # (Source, start, step) to read the region in the task
+    source: tuple | None = None  # (start, step): the task receives the Source and reads its region
     extra: dict = dc_field(default_factory=dict)
 
 
@@ -247,9 +252,16 @@ def resample_array(
     dtype: np.dtype,
     threads: int = 1,
 ) -> np.ndarray:
-    """Resample an in-memory moving region onto the ``out`` grid with SimpleITK (one task's work)."""
+    """Resample an in-memory moving region onto the ``out`` grid with SimpleITK (one task's work).
+
+    Interpolation runs in double precision inside ITK whatever the pixel type, so integer and
+    float32 regions are handed over as they are (no float copy); the output is float32 (float64
+    for float64 input), rounded and clipped into ``dtype``.
+    """
     work = np.float64 if values.dtype == np.float64 else np.float32
-    img = sitk.GetImageFromArray(np.ascontiguousarray(values, dtype=work))
+    if values.dtype not in _SITK_PIXEL_TYPES:
+        values = values.astype(work)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(values))
     img.SetSpacing(values_grid.spacing[::-1])
     img.SetOrigin(values_grid.origin[::-1])
     f = sitk.ResampleImageFilter()
@@ -261,39 +273,46 @@ def resample_array(
     f.SetDefaultPixelValue(float(fill_value))
     f.SetOutputPixelType(sitk.sitkFloat64 if work == np.float64 else sitk.sitkFloat32)
     f.SetNumberOfThreads(int(threads))
-    res = sitk.GetArrayFromImage(f.Execute(img))
-    return _cast(res, dtype)
+    res_img = f.Execute(img)
+    if dtype == work:
+        return sitk.GetArrayFromImage(res_img)
+    # a view on ITK's buffer (valid while res_img lives): _cast makes the one new array
+    return _cast(sitk.GetArrayViewFromImage(res_img), dtype)
 
 
 def _cast(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``res`` (float) in ``dtype``: integers rounded to nearest and clipped, never wrapped.
+
+    Always returns a new array when ``dtype`` differs from ``res.dtype``; ``res`` is not modified.
+    """
     if dtype == np.bool_:
         return res >= 0.5
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return np.clip(np.rint(res), info.min, info.max).astype(dtype)
+        out = np.rint(res)  # the one float temporary, then in place
+        np.clip(out, info.min, info.max, out=out)
+        return out.astype(dtype)
     return res.astype(dtype, copy=False)
 
 
-def _resample_chunk(plan: _Plan, moving_blocks: list, *dep_blocks: list) -> np.ndarray:
+def _resample_chunk(plan: _Plan, moving: Any, *dep_blocks: list) -> np.ndarray:
+    """One output chunk. ``moving`` is the Source when ``plan.source`` is set, else the moving blocks."""
     steps = _concrete_steps(plan, list(dep_blocks))
     region = plan.region
-    if region is None:
-        lo = np.asarray(plan.out.origin)
-        box = _box_through(steps, plan, (lo, lo + (np.asarray(plan.out.shape) - 1) * np.asarray(plan.out.spacing)))
-        region = _index_region(plan.moving, box, MARGIN[plan.order])
+    lo = np.asarray(plan.out.origin)
+    box = (lo, lo + (np.asarray(plan.out.shape) - 1) * np.asarray(plan.out.spacing))
+    if region is None:  # lazy transforms: the region is known now
+        region = _index_region(plan.moving, _box_through(steps, plan, box), MARGIN[plan.order])
         if region is None:
             return np.full(plan.out.shape, plan.fill_value, dtype=plan.dtype)
-        if plan.source is not None:
-            src, start, step = plan.source
-            index = tuple(slice(a + s.start * b, a + (s.stop - 1) * b + 1, b) for s, a, b in zip(region, start, step))
-            values = src[index]
-        else:  # small moving image, every chunk at hand
-            values = plan.moving_refs.assemble(moving_blocks)[region]
+    elif any(st.max_displacement is not None for st in plan.steps):
+        _box_through(steps, plan, box)  # check the stated bounds
+    if plan.source is not None:
+        values = read_region(moving, *plan.source, region)
+    elif plan.region is None:  # small moving image, every chunk at hand
+        values = plan.moving_refs.assemble(moving)[region]
     else:
-        lo = np.asarray(plan.out.origin)
-        if any(st.max_displacement is not None for st in plan.steps):
-            _box_through(steps, plan, (lo, lo + (np.asarray(plan.out.shape) - 1) * np.asarray(plan.out.spacing)))
-        values = plan.moving_refs.assemble(moving_blocks)
+        values = plan.moving_refs.assemble(moving)
     return resample_array(
         values,
         _sub_grid(plan.moving, region),
@@ -456,9 +475,10 @@ def apply_transform(
     chunks : int, tuple or "auto", optional
         Output chunks. Default: moving's chunk size, capped so a chunk is at most 128 MiB.
     max_displacement : float or 3 floats, optional
-        Physical bound on the displacement of lazy fields. With it, tasks depend on the moving
-        chunks inside the bound (checked when the field is computed: exceeding it raises) instead
-        of reading their region from the moving image's store.
+        Physical bound on the displacement of lazy fields. With it, each task's moving region is
+        known when the graph is built (the bound is checked when the field is computed: exceeding
+        it raises), so a moving image that is not store-backed is read chunk by chunk, where
+        needed, instead of whole by every task.
 
     Returns
     -------
@@ -513,9 +533,14 @@ def apply_transform(
         g_out, g_mov, mov_arr.name, [_token(p) for p in prepared], order, fill, out_chunks, max_displacement
     )
     dsk: dict = {}
-    deps: list[da.Array] = [mov_arr] + [p.array for p in prepared if p.array is not None]
+    deps: list[da.Array] = [p.array for p in prepared if p.array is not None]
     whole_moving: _Refs | None = None
     src_key = None
+    if source is not None:  # one reader per process, shared by the tasks that read regions (see ChunkCache)
+        cache_bytes = chunk_cache_bytes()
+        src_key = "lazyreg-source-" + tokenize(source[0].token(), source[1], source[2], cache_bytes)
+    else:
+        deps.append(mov_arr)
     for idx, g_chunk in _chunk_grids(g_out, out_chunks):
         lo = np.asarray(g_chunk.origin)
         box = (lo, lo + (np.asarray(g_chunk.shape) - 1) * np.asarray(g_chunk.spacing))
@@ -529,14 +554,13 @@ def apply_transform(
                 dsk[key] = (_fill_chunk, g_chunk.shape, fill_cast, dtype)
                 continue
             plan.region = region
+        if source is not None:  # the task reads its region from the store (known now or in the task)
+            dsk[src_key] = (ChunkCache, source[0], cache_bytes)
+            plan.source = (source[1], source[2])
+            dsk[key] = (_resample_chunk, plan, src_key, *dep_keys)
+        elif box is not None:
             plan.moving_refs = _Refs.of(mov_arr, region)
             dsk[key] = (_resample_chunk, plan, plan.moving_refs.keys, *dep_keys)
-        elif source is not None:
-            if src_key is None:
-                src_key = "lazyreg-source-" + tokenize(source[0].token(), source[1], source[2])
-                dsk[src_key] = source[0]
-            plan.source = (source[0], source[1], source[2])
-            dsk[key] = (_resample_chunk, plan, [], *dep_keys)
         else:
             if whole_moving is None:
                 whole_arr, whole_moving = _whole_moving_refs(mov_arr, moving)

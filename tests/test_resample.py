@@ -220,21 +220,27 @@ def test_lazy_affine_reads_region_from_store_per_task():
     out = apply_transform(moving, moving, [lazy_A], chunks=(16, 16, 16))
     sub = out[:16, :16, :16].values  # one output chunk
     assert sub.shape == (16, 16, 16)
-    assert len(src.reads) == 1
-    z, y, x = src.reads[0]
-    # translation of 4 um = 2 voxels in z; region = chunk + 1 voxel margin on each side (clipped at 0)
-    assert (z.start, z.stop, y.start, y.stop, x.start, x.stop) == (1, 19, 0, 17, 0, 17)
+    # translation of 4 um = 2 voxels in z; region = chunk + 1 voxel margin on each side (clipped at 0):
+    # z 1:19, y 0:17, x 0:17, read as the whole store chunks that cover it, each once
+    read_chunks = sorted(tuple(s.start // 16 for s in r) for r in src.reads)
+    assert read_chunks == [(z, y, x) for z in (0, 1) for y in (0, 1) for x in (0, 1)]
+    assert all(s.stop - s.start == 16 for r in src.reads for s in r)
 
 
-def test_read_economy_with_concrete_affine():
+@pytest.mark.parametrize("path", ["store", "chunks"])
+def test_read_economy_with_concrete_affine(path):
     """A small output region reads only the moving chunks that its mapped chunks (+1 voxel) touch.
 
     Stated bound: for each needed output chunk, the moving voxels read are those of the chunks that
     intersect the box of the chunk's 8 mapped corner voxel centres, widened by 1 voxel (linear
-    interpolation); each moving chunk is read at most once.
+    interpolation); each moving chunk is read at most once. Both ways of reading keep it: a
+    store-backed image ("store": each task reads its box through the graph's chunk cache) and any
+    other dask image ("chunks", here arithmetic on the store: tasks depend on the moving chunks).
     """
     moving_mem = _moving(shape=(96, 96, 96), spacing=1.0, origin=0.0)
     moving, src = counting_image(moving_mem, chunks=(16, 16, 16))
+    if path == "chunks":
+        moving = moving + 0  # no longer a pure selection of the store
     A = Affine.from_parameters(rotation=(10.0, 0, 0), center=(48.0, 48.0, 48.0))
     out = apply_transform(moving, moving, [A], chunks=(16, 16, 16))
     _ = out[40:56, 40:56, 40:56].values  # touches output chunks 2..3 on every axis
@@ -256,6 +262,28 @@ def test_read_economy_with_concrete_affine():
     assert set(read_chunks) == expected
     assert len(expected) <= 64 < 216  # 4x4x4 of the 6x6x6 chunks at most, not the whole volume
     assert all(r[0].stop - r[0].start <= 16 for r in src.reads)  # whole chunks, nothing more
+
+
+def test_concrete_transform_on_store_reads_in_task_without_chunk_tasks():
+    """Store-backed moving + concrete transforms: the graph is one task per output chunk plus the
+    source value; no task reads a moving chunk, so a distributed worker cannot read ahead."""
+    moving_mem = _moving(shape=(48, 64, 64))
+    moving, src = counting_image(moving_mem, chunks=(16, 16, 16))
+    A = _rot30_shear_scale(_centre(moving_mem))
+    out = apply_transform(moving, moving, [A], chunks=(16, 32, 32))
+    graph = dict(out.data.__dask_graph__())
+    assert not any(isinstance(k, tuple) and str(k[0]).startswith("lazyreg-read-") for k in graph)
+    assert not any(str(k).startswith(("lazyreg-read-", "original-lazyreg-read-")) for k in graph)
+    n_out = out.data.npartitions
+    assert len(graph) == n_out + 1  # output tasks + the source
+    # names are deterministic
+    assert apply_transform(moving, moving, [A], chunks=(16, 32, 32)).data.name == out.data.name
+    res = out.values
+    read_chunks = [tuple(s.start // 16 for s in r) for r in src.reads]
+    assert len(read_chunks) == len(set(read_chunks)) <= 3 * 4 * 4  # each store chunk read once
+    ref = apply_transform(moving_mem, moving_mem, [A], chunks=(16, 32, 32)).values  # chunk path
+    np.testing.assert_array_equal(res, ref)
+    _assert_matches(res, sitk_reference(moving_mem, moving_mem, A.to_sitk()))
 
 
 def test_not_store_backed_with_lazy_transform_warns_or_raises(monkeypatch):
@@ -286,6 +314,78 @@ def test_selection_of_a_source_is_still_store_backed_but_arithmetic_is_not():
     lazy_A = Affine(da.from_array(np.eye(4), chunks=4))
     out = apply_transform(sub, sub, [lazy_A]).values
     _assert_matches(out, sub.values, rtol=1e-6)
+
+
+def test_region_array_reads_exactly_the_region():
+    from lazyreg.io.source import region_array
+
+    moving_mem = _moving()
+    moving, src = counting_image(moving_mem)
+    r = region_array(moving, (slice(3, 21), slice(5, 40), slice(0, 7)))
+    assert r.npartitions == 1 and r.shape == (18, 35, 7) and r.dtype == moving.dtype
+    assert len(dict(r.__dask_graph__())) == 1 and src.reads == []  # one task, nothing read yet
+    assert r.name == region_array(moving, (slice(3, 21), slice(5, 40), slice(0, 7))).name
+    np.testing.assert_array_equal(r.compute(), moving_mem.values[3:21, 5:40, 0:7])
+    assert src.reads == [(slice(3, 21), slice(5, 40), slice(0, 7))]
+    # a selection of the store maps the region back to store indices
+    sub = moving[4:, ::2]
+    r2 = region_array(sub, (slice(1, 3), slice(2, 5)))
+    np.testing.assert_array_equal(r2.compute(), moving_mem.values[4:, ::2][1:3, 2:5])
+    assert src.reads[-1] == (slice(5, 7), slice(4, 9), slice(0, 60))  # rows 4, 6, 8 of the store
+    # not store-backed: a one-chunk slice of the data, in memory or dask
+    for img in (moving_mem, moving_mem.compute(), moving + 0):
+        r3 = region_array(img, (slice(2, 9),))
+        assert r3.npartitions == 1
+        np.testing.assert_array_equal(r3.compute(), moving_mem.values[2:9])
+
+
+def test_chunk_cache_reads_whole_chunks_once_and_stays_bounded():
+    import pickle
+
+    from lazyreg.io.source import ChunkCache
+
+    moving_mem = _moving(shape=(40, 50, 60))  # float32, 16^3 chunks of 16 KiB
+    _, src = counting_image(moving_mem)
+    cache = ChunkCache(src, max_bytes=4 * 16**3 * 4)  # room for 4 chunks
+    v = moving_mem.values
+    np.testing.assert_array_equal(cache[3:20, 5:40:3, 17], v[3:20, 5:40:3, 17])
+    first = len(src.reads)
+    assert first == 2 * 3 * 1 and len(cache._blocks) == 4 and cache._nbytes <= cache.max_bytes
+    np.testing.assert_array_equal(cache[16:20, 32:40, 16:20], v[16:20, 32:40, 16:20])  # last chunk: cached
+    assert len(src.reads) == first
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy._blocks == {} and copy.max_bytes == cache.max_bytes  # a copy starts empty
+    np.testing.assert_array_equal(copy[30:40, 40:50, 50:60], v[30:40, 40:50, 50:60])  # edge chunks
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "distributed"])
+def test_concrete_store_backed_equals_chunk_path_threads_and_cluster(scheduler):
+    from contextlib import ExitStack
+
+    moving_mem = _moving()
+    moving, src = counting_image(moving_mem)
+    A = _rot30_shear_scale(_centre(moving_mem))
+    D = DisplacementField.from_array(np.full((6, 7, 8, 3), 0.7, dtype=np.float32), spacing=8.0, origin=(0.0, 0.0, 0.0))
+    fixed = lazyreg.grid((30, 45, 50), spacing=(1.5, 1.1, 1.3), origin=(1.0, 2.0, 3.0))
+    with ExitStack() as stack:
+        if scheduler == "distributed":
+            from distributed import Client, LocalCluster
+
+            cl = stack.enter_context(LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None))
+            stack.enter_context(Client(cl))
+        for order in (1, 3):
+            got = apply_transform(fixed, moving, [A, D], chunks=16, order=order).values
+            ref = apply_transform(fixed, moving_mem, [A, D], chunks=16, order=order).values  # chunk path
+            np.testing.assert_array_equal(got, ref)
+    assert src.reads  # the store was read, by the tasks
+    _assert_matches(got, sitk_reference(fixed, moving_mem, _sitk_composite(A, D), order=3), rtol=1e-3)
+
+
+def _sitk_composite(A, D):
+    comp = sitk.CompositeTransform(3)
+    comp.AddTransform(A.to_sitk())
+    comp.AddTransform(D.to_sitk())
+    return comp
 
 
 @pytest.mark.slow
@@ -327,3 +427,27 @@ def test_bad_inputs_give_clear_errors():
         apply_transform(moving, moving, fill_value="zero")
     with pytest.raises(LazyregError):
         DisplacementField(moving)  # no vector dim
+
+
+def test_chunk_cache_size_from_dask_config():
+    """``lazyreg.chunk-cache-bytes`` sizes the reader's cache (fewer decodes when it holds the
+    image; the result is the same) and bad values are clear errors."""
+    import dask
+
+    from lazyreg.io.source import CHUNK_CACHE_BYTES, chunk_cache_bytes
+
+    assert chunk_cache_bytes() == CHUNK_CACHE_BYTES
+    moving_mem = _moving(shape=(48, 64, 64))  # float32, 16^3 chunks of 16 KiB, 48 chunks
+    A = Affine.from_parameters(rotation=(10.0, 0, 0), center=_centre(moving_mem))
+    results, decodes = {}, {}
+    for size in ("64 KiB", "1 MiB"):
+        moving, src = counting_image(moving_mem, chunks=(16, 16, 16))
+        with dask.config.set({"lazyreg.chunk-cache-bytes": size}):
+            out = apply_transform(moving, moving, [A], chunks=(16, 16, 16))
+        results[size] = out.values  # the value was read when the graph was built
+        decodes[size] = len(src.reads)
+    np.testing.assert_array_equal(results["64 KiB"], results["1 MiB"])
+    assert decodes["1 MiB"] == 48 < decodes["64 KiB"]  # 4 chunks cached vs the whole image
+    for bad in ("lots", -1):
+        with dask.config.set({"lazyreg.chunk-cache-bytes": bad}), pytest.raises(lazyreg.LazyregError, match="chunk-cache-bytes"):
+            apply_transform(moving, moving, [A])

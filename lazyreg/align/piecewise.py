@@ -35,6 +35,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import LazyregError
 from ..image import Grid, grid_of, image, validate_image
+from ..io.source import region_array
 from ..resample import apply_transform, resample_array
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
@@ -56,8 +57,8 @@ FOREGROUND_LEVEL = 0.05
 FOREGROUND_SIGMA = 2.0
 #: Voxels of fixed sampled (at most) to find the automatic foreground threshold.
 THRESHOLD_SAMPLES = 2_000_000
-#: Points per axis of the lattice used to test whether a block maps inside the moving volume.
-_INSIDE_POINTS = 5
+#: Lattice step (voxels) of the test of which block voxels map inside the moving volume.
+_INSIDE_STEP = 4
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,15 @@ def _static_args(static: list) -> tuple[tuple, list]:
     return tuple(kinds), args
 
 
-def _inside_fraction(task: _BlockTask, static_args: Sequence[Any]) -> float:
+def _inside_mask(task: _BlockTask, static_args: Sequence[Any]) -> np.ndarray:
+    """Voxels of the block whose static mapping lands inside the moving volume (block shape, bool).
+
+    Evaluated on a lattice every ``_INSIDE_STEP`` voxels (always including the last voxel) and
+    spread to the block by nearest lattice point: the static transforms are smooth.
+    """
     g = task.region
-    axes = [np.linspace(0, n - 1, min(n, _INSIDE_POINTS)) for n in g.shape]
-    pts = g.to_physical(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3))
+    axes = [np.unique(np.r_[np.arange(0, n, _INSIDE_STEP), n - 1]) for n in g.shape]
+    pts = g.to_physical(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(float))
     ts = []
     it = iter(static_args)
     for kind in task.static_kinds:
@@ -121,7 +127,9 @@ def _inside_fraction(task: _BlockTask, static_args: Sequence[Any]) -> float:
             ts.append(next(it))
     mapped = transform_points(pts, ts) if ts else pts
     lo, hi = task.moving_extent
-    return float(np.mean(np.all((mapped >= lo) & (mapped <= hi), axis=1)))
+    lattice = np.all((mapped >= lo) & (mapped <= hi), axis=1).reshape([len(a) for a in axes])
+    nearest = [np.abs(np.arange(n)[:, None] - a[None, :]).argmin(1) for n, a in zip(g.shape, axes)]
+    return lattice[np.ix_(*nearest)]
 
 
 def _pearson(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float | None:
@@ -176,21 +184,30 @@ def _align_block(task: _BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: 
             f"foreground {row['foreground']:.0%} of the block is below foreground_fraction "
             f"{task.foreground_fraction:.0%}",
         )
-    row["inside"] = round(_inside_fraction(task, static_args), 4)
+    inside = _inside_mask(task, static_args)
+    row["inside"] = round(float(inside.mean()), 4)
     if row["inside"] < MIN_INSIDE:
         return done("skipped", f"only {row['inside']:.0%} of the block maps inside the moving volume")
+    partial = not inside.all()
+    # voxels mapping outside moving hold fill values, not data: leave them out of every metric
+    compare = inside if partial else None
     g = task.region
     fixed_f = np.asarray(fixed, dtype=np.float32)
     moving_f = np.asarray(moving, dtype=np.float32)
-    row["metric_before"] = _pearson(fixed_f, moving_f)
+    row["metric_before"] = _pearson(fixed_f, moving_f, compare)
     if row["metric_before"] is None:
         return done("skipped", "the fixed or the moving block is constant")
     fx = image(fixed_f, g.spacing, g.origin)
     mv = image(moving_f, g.spacing, g.origin)
-    fm = image(fg, g.spacing, g.origin) if task.has_mask else None
+    fm = None
+    if task.has_mask or partial:
+        fm = image(fg & inside if partial else fg, g.spacing, g.origin)
+    # the moving block is on the same grid: its voxels outside ``inside`` are fill (and its edge)
+    mm = image(inside, g.spacing, g.origin) if partial else None
     try:
         state = run_steps(
-            list(task.steps), fx, mv, fixed_mask=fm, seed=task.seed, field_grid=task.field_grid, threads=1
+            list(task.steps), fx, mv, fixed_mask=fm, moving_mask=mm, seed=task.seed, field_grid=task.field_grid,
+            threads=1,
         )
     except (LazyregError, RuntimeError, ValueError, np.linalg.LinAlgError) as e:
         return done("failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -202,7 +219,7 @@ def _align_block(task: _BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: 
     if not np.all(np.isfinite(matrix)) or (field is not None and not np.all(np.isfinite(field[0]))):
         return done("failed", "the registration returned NaN or infinite values")
     warped = _warped(moving_f, g, matrix, field)
-    valid = np.isfinite(warped)
+    valid = np.isfinite(warped) if compare is None else np.isfinite(warped) & compare
     # compare before and after on the same voxels: those the result maps inside the block
     row["metric_before"] = _pearson(fixed_f, moving_f, valid)
     row["metric_after"] = _pearson(fixed_f, np.nan_to_num(warped), valid)
@@ -246,6 +263,24 @@ def _single(x: Any, collections: list) -> Any:
         collections.append(x)
         return x.key
     return x
+
+
+def _inline(x: Any, collections: list) -> Any:
+    """The task of a one-chunk dask array, nested in the block task so that it runs inside it.
+
+    A block's inputs (its fixed region, its moving region resampled through the static transforms,
+    its mask) are then read only when a worker aligns the block: as separate tasks, a
+    dask.distributed worker reads them ahead of the block tasks and holds or spills them. The
+    array's other tasks (e.g. the moving image's reader, shared by all blocks) stay graph tasks;
+    its own key is left unreferenced and culled. Falls back to :func:`_single` for anything else.
+    """
+    if isinstance(x, da.Array) and x.npartitions == 1:
+        layer = x.__dask_graph__().layers.get(x.name)
+        t = layer.get((x.name,) + (0,) * x.ndim) if layer is not None else None
+        if isinstance(t, tuple) and t and callable(t[0]):
+            collections.append(x)
+            return t
+    return _single(x, collections)
 
 
 def align_piecewise(
@@ -371,15 +406,15 @@ def align_piecewise(
     for n, idx in enumerate(layout.indices()):
         region = layout.region(idx)
         rgrid = layout.region_grid(idx)
-        fx = fixed_arr[region]
+        fx = region_array(fixed, region, data=fixed_arr)
         mv = apply_transform(
             image(da.zeros(rgrid.shape, dtype=np.uint8, chunks=-1), rgrid.spacing, rgrid.origin),
             moving,
             static,
             chunks=rgrid.shape,
         ).data
-        mk = mask_arr[region] if mask_arr is not None else None
-        args = [_single(x, collections) for x in (fx, mv, mk)]
+        mk = region_array(fixed_mask, region, data=mask_arr) if mask_arr is not None else None
+        args = [_inline(x, collections) for x in (fx, mv, mk)]
         task = _BlockTask(
             index=idx,
             region=rgrid,

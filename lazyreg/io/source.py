@@ -4,26 +4,37 @@ An image opened by :func:`lazyreg.open_image` is a dask array built with ``da.fr
 :class:`Source`. The source knows its full grid, so a task that learns only at run time which region
 it needs (because the region depends on transform values computed in the same graph) can read that
 region itself, from a worker, without the graph depending on every chunk. :func:`find_source`
-recovers the source of an image and checks that the image is still a pure selection of it.
+recovers the source of an image and checks that the image is still a pure selection of it;
+:func:`read_region` is what such a task calls, and :func:`region_array` wraps one region read in a
+single-task dask array.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+import itertools
+import threading
+from collections import OrderedDict
+from typing import Any, Sequence
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
+from ..errors import LazyregError
 from ..image import Grid, grid_of, image
 
-__all__ = ["Source", "from_source", "find_source"]
+__all__ = ["Source", "ChunkCache", "chunk_cache_bytes", "from_source", "find_source", "read_region", "region_array"]
 
 _NAME_PREFIX = "lazyreg-read-"
 # Graph layers that only select or re-chunk data: the values at a physical point are unchanged.
 _SELECTION_PREFIXES = ("getitem-", "rechunk-")
+#: Default of the most bytes of decoded chunks a :class:`ChunkCache` keeps (one per graph and
+#: process); dask config ``lazyreg.chunk-cache-bytes`` overrides it (see :func:`chunk_cache_bytes`).
+CHUNK_CACHE_BYTES = 128 * 2**20
 
 
 class Source(abc.ABC):
@@ -74,6 +85,98 @@ class Source(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.token()} shape={self.shape} dtype={self.dtype}>"
+
+
+class ChunkCache(Source):
+    """A source that reads whole native chunks of another and keeps the last ones decoded.
+
+    Regions read by neighbouring tasks overlap, and a compressed chunk is decoded whole whatever
+    part of it is wanted; with the cache each chunk is decoded about once while the tasks that
+    share it run. At most ``max_bytes`` of chunks are kept (least recently used dropped first);
+    a source whose chunks are larger than a quarter of that is read directly, region by region.
+    It is meant to be created by a graph task, so that it lives while that graph runs (one per
+    process: a copy sent to another worker starts empty).
+    """
+
+    def __init__(self, inner: Source, max_bytes: int | None = None):
+        self.inner = inner
+        self.grid, self.dtype, self.chunks = inner.grid, np.dtype(inner.dtype), tuple(inner.chunks)
+        self.max_bytes = chunk_cache_bytes() if max_bytes is None else int(max_bytes)
+        self._blocks: OrderedDict = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+        self._reading: dict = {}  # chunk ids -> Event set when the thread reading it is done
+
+    def __reduce__(self) -> Any:
+        return (ChunkCache, (self.inner, self.max_bytes))
+
+    def token(self) -> str:
+        return self.inner.token()
+
+    def _chunk(self, ids: tuple[int, ...]) -> np.ndarray:
+        while True:
+            with self._lock:
+                block = self._blocks.get(ids)
+                if block is not None:
+                    self._blocks.move_to_end(ids)
+                    return block
+                busy = self._reading.get(ids)
+                if busy is None:  # this thread reads it; others wanting it wait
+                    busy = self._reading[ids] = threading.Event()
+                    break
+            busy.wait()
+        try:
+            index = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(ids, self.chunks, self.shape))
+            block = np.asarray(self.inner.read(index))
+            with self._lock:
+                self._blocks[ids] = block
+                self._nbytes += block.nbytes
+                while self._nbytes > self.max_bytes and len(self._blocks) > 1:
+                    self._nbytes -= self._blocks.popitem(last=False)[1].nbytes
+        finally:
+            with self._lock:
+                self._reading.pop(ids).set()
+        return block
+
+    def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        if int(np.prod(self.chunks)) * self.dtype.itemsize > self.max_bytes // 4:
+            return self.inner.read(index)
+        out = np.empty(tuple(s.stop - s.start for s in index), dtype=self.dtype)
+        ranges = [range(s.start // c, (s.stop - 1) // c + 1) if s.stop > s.start else range(0) for s, c in zip(index, self.chunks)]
+        for ids in itertools.product(*ranges):
+            block = self._chunk(ids)
+            lo = [i * c for i, c in zip(ids, self.chunks)]
+            dst = tuple(slice(max(s.start, a) - s.start, min(s.stop, a + b) - s.start) for s, a, b in zip(index, lo, block.shape))
+            src = tuple(slice(max(s.start, a) - a, min(s.stop, a + b) - a) for s, a, b in zip(index, lo, block.shape))
+            out[dst] = block[src]
+        return out
+
+
+def chunk_cache_bytes() -> int:
+    """Bytes a :class:`ChunkCache` may hold: dask config ``lazyreg.chunk-cache-bytes`` (an int or a
+    string such as ``"512 MiB"``), else :data:`CHUNK_CACHE_BYTES`.
+
+    Read when a graph is built, so the value travels with the graph to distributed workers.
+
+    Examples
+    --------
+    >>> import dask
+    >>> with dask.config.set({"lazyreg.chunk-cache-bytes": "512 MiB"}):
+    ...     chunk_cache_bytes()
+    536870912
+    """
+    from dask.utils import parse_bytes
+
+    value = dask.config.get("lazyreg.chunk-cache-bytes", None)
+    if value is None:
+        return CHUNK_CACHE_BYTES
+    try:
+        n = parse_bytes(value) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError) as e:
+        raise LazyregError(f"dask config lazyreg.chunk-cache-bytes: expected bytes (e.g. 536870912 or '512 MiB'), got {value!r}") from e
+    if n < 0:
+        raise LazyregError(f"dask config lazyreg.chunk-cache-bytes: must be >= 0, got {value!r}")
+    return int(n)
 
 
 def from_source(
@@ -140,3 +243,55 @@ def find_source(img: xr.DataArray) -> tuple[Source, tuple[int, int, int], tuple[
     if min(step_i) < 1 or min(start_i) < 0:
         return None
     return source, start_i, step_i
+
+
+def read_region(
+    source: Source, start: Sequence[int], step: Sequence[int], region: Sequence[slice]
+) -> np.ndarray:
+    """Read ``region`` (step-1 slices in the image's index space) of an image that is the selection
+    ``source[start::step, ...]`` (as returned by :func:`find_source`); runs inside a task."""
+    index = tuple(slice(a + s.start * b, a + (s.stop - 1) * b + 1, b) for s, a, b in zip(region, start, step))
+    return source[index]
+
+
+def _normalize_region(region: Any, shape: Sequence[int]) -> tuple[slice, ...]:
+    if not isinstance(region, tuple):
+        region = (region,)
+    region = region + (slice(None),) * (len(shape) - len(region))
+    out = []
+    for s, n in zip(region, shape):
+        if not isinstance(s, slice):
+            raise TypeError(f"region: expected slices, got {s!r}")
+        start, stop, step = s.indices(n)
+        if step != 1:
+            raise TypeError(f"region: expected slices with step 1, got {s!r}")
+        out.append(slice(start, max(start, stop)))
+    return tuple(out)
+
+
+def region_array(img: xr.DataArray, region: Any, *, data: da.Array | None = None) -> da.Array:
+    """``img[region]`` as a single-chunk dask array; nothing is read now.
+
+    When ``img`` is store-backed (:func:`find_source`), the array's one task reads exactly the region
+    from the store and depends on nothing, so a distributed worker reads it when the task runs
+    instead of receiving the image's chunks. Otherwise it is ``data[region]`` in one chunk, with
+    ``data`` defaulting to ``img.data`` (pass a dask array built once from an in-memory image to
+    take many regions without copying each into the graph).
+
+    ``region``: slices with step 1 (as for numpy; missing trailing axes mean the whole axis).
+    """
+    region = _normalize_region(region, img.shape)
+    found = find_source(img)
+    if found is None:
+        if data is None:
+            data = img.data
+            if not isinstance(data, da.Array):  # in memory: only the region goes into the graph
+                return da.from_array(np.asarray(data)[region], chunks=-1)
+        return data[region].rechunk(-1)
+    source, start, step = found
+    bounds = tuple((s.start, s.stop) for s in region)
+    name = "lazyreg-region-" + tokenize(source.token(), start, step, bounds)
+    shape = tuple(s.stop - s.start for s in region)
+    layer = {(name,) + (0,) * len(shape): (read_region, source, start, step, region)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return da.Array(graph, name, chunks=tuple((n,) for n in shape), meta=np.empty((0,) * len(shape), dtype=source.dtype))
