@@ -162,6 +162,61 @@ class RSSSampler:
         }
 
 
+class SchedulerMemory:
+    """Polls a dask.distributed scheduler's view of worker memory, summed over the workers: dask-managed
+    data in memory, spilled to disk, unmanaged, process; keeps the peaks (``peaks``, bytes) and, at
+    the peak of data held (in memory + spilled), the task groups holding most (``held_by_group_at_peak``).
+
+    Tells whether the workers' RSS is data dask holds (e.g. chunks read ahead of the tasks that use
+    them, possibly on both workers after a transfer) or memory the tasks allocate (unmanaged).
+    ``with SchedulerMemory(cluster.scheduler) as watch: ...`` (same process as the scheduler).
+    """
+
+    def __init__(self, scheduler: Any, interval: float = 0.25) -> None:
+        self.scheduler, self.interval = scheduler, interval
+        self.peaks = {"managed_bytes": 0, "spilled_bytes": 0, "unmanaged_bytes": 0, "process_bytes": 0, "tasks_in_memory": 0}
+        self.held_by_group_at_peak: dict = {}
+        self._peak_held = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scheduler-memory", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ws = list(self.scheduler.workers.values())
+                mem = [w.memory for w in ws]
+                now = {
+                    "managed_bytes": sum(m.managed for m in mem),
+                    "spilled_bytes": sum(m.spilled for m in mem),
+                    "unmanaged_bytes": sum(m.unmanaged for m in mem),
+                    "process_bytes": sum(m.process for m in mem),
+                    "tasks_in_memory": sum(len(w.has_what) for w in ws),
+                }
+                if now["managed_bytes"] + now["spilled_bytes"] > self._peak_held:
+                    # which task groups hold the data (in memory or spilled), at the peak
+                    self._peak_held = now["managed_bytes"] + now["spilled_bytes"]
+                    by: dict[str, list[int]] = {}
+                    for w in ws:
+                        for ts in w.has_what:
+                            e = by.setdefault(ts.group_key, [0, 0])
+                            e[0] += 1
+                            e[1] += int(ts.nbytes or 0)
+                    self.held_by_group_at_peak = {k: {"keys": n, "bytes": b} for k, (n, b) in sorted(by.items(), key=lambda kv: -kv[1][1])[:8]}
+                for k, v in now.items():
+                    self.peaks[k] = max(self.peaks[k], int(v))
+            except Exception:  # state changing under us: skip this sample
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "SchedulerMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def self_maxrss() -> int:
     """Peak RSS of this process so far, in bytes (kernel high-water mark, Linux reports KiB)."""
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -52,6 +52,7 @@ def one_run(data: Path) -> dict:
     import numpy as np
 
     import lazyreg
+    from lazyreg.image import grid_of
     from lazyreg.metrics import pearson
 
     rec: dict = {"rss_after_imports_bytes": C.current_rss()}
@@ -86,7 +87,7 @@ def one_run(data: Path) -> dict:
     rec["seconds_pearson"] = time.perf_counter() - t1
     if REFERENCE.exists():
         ref = lazyreg.Affine(json.loads(REFERENCE.read_text())["matrix"])
-        g = lazyreg.image.grid_of(fix)
+        g = grid_of(fix)
         pts = g.to_physical(np.stack(np.meshgrid(*[np.linspace(0, n - 1, 12) for n in g.shape], indexing="ij"), -1).reshape(-1, 3))
         err = np.linalg.norm((A(pts) - ref(pts)) / np.asarray(g.spacing), axis=1)
         rec["vs_reference_mean_voxel_error"] = float(err.mean())
