@@ -539,6 +539,7 @@ def apply_transform(
     if source is not None:  # one reader per process, shared by the tasks that read regions (see ChunkCache)
         cache_bytes = chunk_cache_bytes()
         src_key = "lazyreg-source-" + tokenize(source[0].token(), source[1], source[2], cache_bytes)
+        dsk[src_key] = (ChunkCache, source[0], cache_bytes)
     else:
         deps.append(mov_arr)
     for idx, g_chunk in _chunk_grids(g_out, out_chunks):
@@ -555,7 +556,6 @@ def apply_transform(
                 continue
             plan.region = region
         if source is not None:  # the task reads its region from the store (known now or in the task)
-            dsk[src_key] = (ChunkCache, source[0], cache_bytes)
             plan.source = (source[1], source[2])
             dsk[key] = (_resample_chunk, plan, src_key, *dep_keys)
         elif box is not None:

@@ -233,7 +233,9 @@ def _align_block(task: _BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: 
     if not np.all(np.isfinite(matrix)) or (field is not None and not np.all(np.isfinite(field[0]))):
         return done("failed", "the registration returned NaN or infinite values")
     warped = _warped(moving_f, g, matrix, field)
-    valid = np.isfinite(warped) if compare is None else np.isfinite(warped) & compare
+    valid = np.isfinite(warped)
+    if compare is not None:
+        valid &= compare
     # compare before and after on the same voxels: those the result maps inside the block
     row["metric_before"] = _pearson(fixed_f, moving_f, valid)
     row["metric_after"] = _pearson(fixed_f, np.nan_to_num(warped), valid)

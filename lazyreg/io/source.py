@@ -102,6 +102,7 @@ class ChunkCache(Source):
         self.inner = inner
         self.grid, self.dtype, self.chunks = inner.grid, np.dtype(inner.dtype), tuple(inner.chunks)
         self.max_bytes = chunk_cache_bytes() if max_bytes is None else int(max_bytes)
+        self._direct = int(np.prod(self.chunks)) * self.dtype.itemsize > self.max_bytes // 4  # chunks too big to cache
         self._blocks: OrderedDict = OrderedDict()
         self._nbytes = 0
         self._lock = threading.Lock()
@@ -139,7 +140,7 @@ class ChunkCache(Source):
         return block
 
     def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
-        if int(np.prod(self.chunks)) * self.dtype.itemsize > self.max_bytes // 4:
+        if self._direct:
             return self.inner.read(index)
         out = np.empty(tuple(s.stop - s.start for s in index), dtype=self.dtype)
         ranges = [range(s.start // c, (s.stop - 1) // c + 1) if s.stop > s.start else range(0) for s, c in zip(index, self.chunks)]
