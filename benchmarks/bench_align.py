@@ -52,7 +52,7 @@ def one_run(data: Path) -> dict:
     import numpy as np
 
     import lazyreg
-    from lazyreg.image import grid_of
+    from lazyreg.images import grid_of
     from lazyreg.metrics import pearson
 
     rec: dict = {"rss_after_imports_bytes": C.current_rss()}

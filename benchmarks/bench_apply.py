@@ -91,7 +91,7 @@ CASES = {
 
 def moving_grid(n_or_shape):
     import lazyreg  # noqa: F401
-    from lazyreg.image import Grid
+    from lazyreg.images import Grid
 
     shape = (n_or_shape,) * 3 if isinstance(n_or_shape, int) else tuple(n_or_shape)
     return Grid(shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
@@ -505,7 +505,7 @@ def run_big(work: Path, shape, check_blocks: int = 3) -> dict:
     from dask.distributed import Client, LocalCluster
 
     import lazyreg
-    from lazyreg.image import Grid
+    from lazyreg.images import Grid
 
     nbytes = int(np.prod(shape)) * 2
     rec: dict = {

@@ -51,7 +51,7 @@ def main() -> None:
     import dask.array as da
 
     import lazyreg
-    from lazyreg.align.piecewise import FOREGROUND_LEVEL, FOREGROUND_SIGMA
+    from lazyreg.registration.piecewise import FOREGROUND_LEVEL, FOREGROUND_SIGMA
     from lazyreg.metrics import pearson
     from scipy import ndimage as ndi
 
@@ -133,7 +133,7 @@ def main() -> None:
         "global_report": A.report,
         "lazyreg_files_md5": {
             n: hashlib.md5((ROOT / n).read_bytes()).hexdigest()[:10]
-            for n in ("lazyreg/align/piecewise.py", "lazyreg/align/blend.py", "lazyreg/resample.py")
+            for n in ("lazyreg/registration/piecewise.py", "lazyreg/registration/blend.py", "lazyreg/resample.py")
         },
         "blocks": dict(counts),
         "block_rows": field.report,

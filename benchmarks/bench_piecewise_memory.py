@@ -365,7 +365,7 @@ def run(work: Path, shape, n_workers: int, memory_limit_gib: float) -> dict:
 
 def _lib_fingerprint() -> dict:
     """md5 of the library files that other work changes concurrently (which version was measured)."""
-    names = ("lazyreg/resample.py", "lazyreg/align/piecewise.py", "lazyreg/align/blend.py", "lazyreg/io/source.py")
+    names = ("lazyreg/resample.py", "lazyreg/registration/piecewise.py", "lazyreg/registration/blend.py", "lazyreg/io/source.py")
     return {n: hashlib.md5((ROOT / n).read_bytes()).hexdigest()[:10] for n in names if (ROOT / n).exists()}
 
 

@@ -2,7 +2,7 @@
 
 Run once (minutes); writes ``tests/data/tutorial_reference_affine.json`` with the matrix, the
 options used, the Pearson correlation and the seconds it took. The test
-``tests/test_align_real.py`` checks that the default fast pipeline lands within 2 voxels
+``tests/test_registration_real.py`` checks that the default fast pipeline lands within 2 voxels
 (mean mapped-point error over the fixed grid) of this matrix.
 
 How the reference is obtained: feature-point RANSAC with five times the default number of spots,

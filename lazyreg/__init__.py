@@ -1,13 +1,13 @@
 """lazyreg: lazy, dask-native registration of 3D microscopy volumes larger than memory."""
 
 from . import data, metrics
-from .align.features import align_features
-from .align.itk import align_affine, align_deformable
-from .align.piecewise import align_piecewise
-from .align.search import random_affine_search
-from .align.steps import align
+from .registration.features import align_features
+from .registration.itk import align_affine, align_deformable
+from .registration.piecewise import align_piecewise
+from .registration.search import random_affine_search
+from .registration.steps import align
 from .errors import LazyregError, LazyregWarning
-from .image import grid, image, origin, spacing, validate_image
+from .images import Grid, grid, image, origin, spacing, validate_image
 from .io.omezarr import to_zarr
 from .io.open import open_image
 from .io.transform_files import load_transform, save_transform
@@ -24,6 +24,7 @@ __all__ = [
     "align_features",
     "Affine",
     "DisplacementField",
+    "Grid",
     "LazyregError",
     "LazyregWarning",
     "apply_transform",

@@ -351,7 +351,7 @@ def _steps_from_data(data: Any, where: str) -> list:
 
 def _read_steps(text: str) -> list[tuple[str, dict]]:
     """``--steps``: a JSON / YAML file or comma-separated names, validated (one-line errors)."""
-    from .align.steps import parse_steps
+    from .registration.steps import parse_steps
 
     p = Path(text)
     suffix = p.suffix.lower()
@@ -660,7 +660,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _describe(img: Any, spec: str) -> dict:
-    from .image import grid_of
+    from .images import grid_of
 
     g = grid_of(img)
     return {
@@ -818,7 +818,7 @@ def _output(out: Path, folder: bool = False) -> Iterator[Path]:
 def _cmd_align(args: argparse.Namespace, session: _Session) -> None:
     import numpy as np
 
-    from .align.steps import align
+    from .registration.steps import align
     from .io.omezarr import to_zarr
     from .io.transform_files import save_affine, save_transform
     from .metrics import pearson
@@ -902,7 +902,7 @@ def _cmd_piecewise(args: argparse.Namespace, session: _Session) -> None:
     import dask
     import numpy as np
 
-    from .align.piecewise import align_piecewise
+    from .registration.piecewise import align_piecewise
     from .io.omezarr import to_zarr
     from .io.open import open_image
     from .io.transform_files import load_transform

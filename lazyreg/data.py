@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
-from .image import Grid, image
+from .images import Grid, image
 
 __all__ = ["phantom", "synthetic_pair", "default_affine", "warped_pair", "smooth_displacement"]
 

@@ -13,15 +13,15 @@ import numpy as np
 
 from collections import Counter
 
-from .align.piecewise import align_piecewise
+from .registration.piecewise import align_piecewise
 from .data import warped_pair
 from .errors import LazyregError
-from .image import Grid, grid_of
+from .images import Grid, grid_of
 from .io.omezarr import to_zarr
 from .io.open import open_image
 from .metrics import pearson
 from .resample import apply_transform
-from .align.steps import align
+from .registration.steps import align
 from .io.transform_files import save_transform
 from .transforms.affine import Affine
 from .transforms.field import DisplacementField

@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import LazyregError
-from .image import grid_of
+from .images import grid_of
 
 __all__ = ["pearson"]
 

@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import LazyregError
-from .image import DIMS, Grid, grid_of, validate_image
+from .images import DIMS, Grid, grid_of, validate_image
 from .transforms.field import DisplacementField
 
 if TYPE_CHECKING:  # matplotlib is optional: imported only inside the functions

@@ -35,7 +35,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from .errors import LazyregError, LazyregWarning
-from .image import Grid, grid_of, validate_image
+from .images import Grid, grid_of, validate_image
 from .io.source import ChunkCache, chunk_cache_bytes, find_source, read_region
 from .transforms.affine import Affine
 from .transforms.field import DisplacementField

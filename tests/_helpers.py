@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from lazyreg.image import Grid, grid_of
+from lazyreg.images import Grid, grid_of
 from lazyreg.io.source import Source, from_source
 
 _LOCK = threading.Lock()

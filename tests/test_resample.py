@@ -11,7 +11,7 @@ from dask.callbacks import Callback
 
 import lazyreg
 from lazyreg import Affine, DisplacementField, LazyregError, LazyregWarning, apply_transform, transform_points
-from lazyreg.image import grid_of
+from lazyreg.images import grid_of
 
 from _helpers import counting_image, grid_points, scipy_reference, sitk_reference, smooth_volume
 

@@ -11,7 +11,7 @@ import xarray as xr
 from dask.callbacks import Callback
 
 from lazyreg import DisplacementField, LazyregError
-from lazyreg.image import Grid
+from lazyreg.images import Grid
 from lazyreg.transforms.field import interpolate_field
 
 SPACING = (2.0, 0.7, 1.3)

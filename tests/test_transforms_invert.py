@@ -11,7 +11,7 @@ from dask.callbacks import Callback
 
 import lazyreg
 from lazyreg import DisplacementField, LazyregError, LazyregWarning
-from lazyreg.image import Grid
+from lazyreg.images import Grid
 from lazyreg.transforms.invert import invert_field
 
 SPACING = (2.0, 0.7, 1.3)
@@ -233,7 +233,7 @@ def test_bad_arguments_give_clear_errors(smooth):
     for bad in (0, -3, 2.5, True, "10"):
         with pytest.raises(LazyregError, match="^max_iterations: expected a positive integer"):
             invert_field(D, max_iterations=bad)
-    with pytest.raises(LazyregError, match="^grid: expected None, a lazyreg.image.Grid or an image"):
+    with pytest.raises(LazyregError, match="^grid: expected None, a lazyreg.images.Grid or an image"):
         invert_field(D, grid=(4, 4, 4))
     with pytest.raises(LazyregError, match="^grid: expected an xarray.DataArray|^grid: expected 3 dims"):
         invert_field(D, grid=xr.DataArray(np.zeros((2, 2))))

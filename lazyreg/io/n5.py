@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LazyregError
-from ..image import Grid
+from ..images import Grid
 from .source import Source
 
 __all__ = ["N5Source", "is_n5", "n5_datasets", "open_n5"]

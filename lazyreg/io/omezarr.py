@@ -21,7 +21,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from ..errors import LazyregError
-from ..image import DIMS, Grid, grid_of, validate_image
+from ..images import DIMS, Grid, grid_of, validate_image
 from .source import Source
 
 __all__ = ["ZarrSource", "OmeZarrArray", "is_zarr", "open_zarr", "read_ome_zarr", "to_zarr", "write_ome_zarr"]

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import LazyregError
-from ..image import _check_spacing
+from ..images import _check_spacing
 from .n5 import is_n5, open_n5
 from .omezarr import is_zarr, open_zarr, to_zarr
 from .source import from_source

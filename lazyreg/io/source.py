@@ -25,7 +25,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import LazyregError
-from ..image import Grid, grid_of, image
+from ..images import Grid, grid_of, image
 
 __all__ = ["Source", "ChunkCache", "chunk_cache_bytes", "from_source", "find_source", "read_region", "region_array"]
 
@@ -40,7 +40,7 @@ CHUNK_CACHE_BYTES = 128 * 2**20
 class Source(abc.ABC):
     """A picklable reader of a 3D array in (z, y, x) order, on a known physical grid.
 
-    Subclasses set ``grid`` (a :class:`lazyreg.image.Grid`), ``dtype``, ``chunks`` (the native chunk
+    Subclasses set ``grid`` (a :class:`lazyreg.images.Grid`), ``dtype``, ``chunks`` (the native chunk
     shape, z, y, x) and implement :meth:`read`. They must pickle cheaply (reopen lazily in a worker).
     """
 

@@ -12,7 +12,7 @@ import tifffile
 import zarr
 
 from ..errors import LazyregError
-from ..image import Grid
+from ..images import Grid
 from .n5 import unit_name
 from .source import Source
 

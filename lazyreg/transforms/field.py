@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import xarray as xr
 
 from ..errors import LazyregError
-from ..image import DIMS, Grid, grid_of, image
+from ..images import DIMS, Grid, grid_of, image
 from .affine import _points
 
 __all__ = ["DisplacementField", "interpolate_field"]
@@ -77,7 +77,7 @@ def interpolate_field(
     Examples
     --------
     >>> import numpy as np
-    >>> from lazyreg.image import Grid
+    >>> from lazyreg.images import Grid
     >>> from lazyreg.transforms.field import interpolate_field
     >>> v = np.zeros((2, 2, 2, 3)); v[:, :, 1, 2] = 1.0          # dx = 1 on the second x column
     >>> interpolate_field(v, Grid((2, 2, 2), 1.0), np.array([[0, 0, 0.25], [0, 0, 5.0]]))

@@ -27,7 +27,7 @@ from dask.highlevelgraph import HighLevelGraph
 from scipy import ndimage
 
 from ..errors import LazyregError, LazyregWarning
-from ..image import Grid, grid_of
+from ..images import Grid, grid_of
 from .field import DisplacementField
 
 __all__ = ["invert_field"]
@@ -83,7 +83,7 @@ def _output_grid(grid: Any, field: DisplacementField) -> tuple[Grid, tuple | Non
         g = grid_of(grid, "grid")
         return g, (grid.chunks if isinstance(grid.data, da.Array) else None)
     raise LazyregError(
-        f"grid: expected None, a lazyreg.image.Grid or an image (e.g. lazyreg.grid(shape, spacing, origin)), "
+        f"grid: expected None, a lazyreg.images.Grid or an image (e.g. lazyreg.grid(shape, spacing, origin)), "
         f"got {type(grid).__name__}"
     )
 
@@ -369,7 +369,7 @@ def invert_field(
     field : DisplacementField
         The field to invert, numpy- or dask-backed.
     grid : Grid or xarray.DataArray, optional
-        Where the inverse is sampled: a :class:`lazyreg.image.Grid`, or an image whose grid (and,
+        Where the inverse is sampled: a :class:`lazyreg.images.Grid`, or an image whose grid (and,
         if dask-backed, chunks) is used, e.g. ``lazyreg.grid(shape, spacing, origin)``.
         Default: the field's grid.
     tolerance : float, optional

@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import LazyregError
-from ..image import image
+from ..images import image
 from .field import DisplacementField
 
 __all__ = ["jacobian_determinant"]

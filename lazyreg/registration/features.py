@@ -46,7 +46,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..errors import LazyregError
-from ..image import Grid, _check_spacing, grid_of, validate_image
+from ..images import Grid, _check_spacing, grid_of, validate_image
 
 __all__ = ["detect_blobs", "ransac_affine", "align_features", "validate_options"]
 
@@ -101,7 +101,7 @@ def _check_float(value: Any, name: str, lo: float, hi: float = math.inf, *, lo_o
 def validate_options(name: str, opts: dict) -> None:
     """Check the options of an ``align_features`` step without reading any data.
 
-    Called by :func:`lazyreg.align.steps.parse_steps` so that a bad option fails before any work.
+    Called by :func:`lazyreg.registration.steps.parse_steps` so that a bad option fails before any work.
 
     Parameters
     ----------
@@ -117,7 +117,7 @@ def validate_options(name: str, opts: dict) -> None:
 
     Examples
     --------
-    >>> from lazyreg.align.features import validate_options
+    >>> from lazyreg.registration.features import validate_options
     >>> validate_options("ransac", {"blob_sizes": (4, 12), "match_threshold": 0.6})
     """
     if "blob_sizes" in opts:
@@ -335,7 +335,7 @@ def detect_blobs(
     Examples
     --------
     >>> import numpy as np
-    >>> from lazyreg.align.features import detect_blobs
+    >>> from lazyreg.registration.features import detect_blobs
     >>> z, y, x = np.mgrid[:32, :40, :40]
     >>> img = np.exp(-((z - 15) ** 2 / 2 + (y - 20) ** 2 + (x - 12) ** 2) / (2 * 3.0**2))
     >>> detect_blobs(img, (2.0, 1.0, 1.0), blob_sizes=(3, 8), nspots=1)[:, :3].round(1)
@@ -629,7 +629,7 @@ def ransac_affine(
     Examples
     --------
     >>> import numpy as np
-    >>> from lazyreg.align.features import ransac_affine
+    >>> from lazyreg.registration.features import ransac_affine
     >>> rng = np.random.default_rng(0)
     >>> p = rng.uniform(0, 100, (50, 3))
     >>> q = p @ np.diag([1.1, 0.9, 1.0]).T + [5, -3, 2]
@@ -874,7 +874,7 @@ def align_features(
     Examples
     --------
     >>> import lazyreg.data
-    >>> from lazyreg.align.features import align_features
+    >>> from lazyreg.registration.features import align_features
     >>> fixed, moving, truth = lazyreg.data.synthetic_pair((48, 96, 96), seed=0)
     >>> m, report = align_features(fixed, moving, blob_sizes=(2, 8))
     >>> bool(abs(m - truth)[:3, :3].max() < 0.05)

@@ -9,12 +9,12 @@ from dask.callbacks import Callback
 
 import lazyreg
 from lazyreg import Affine, LazyregError
-from lazyreg.align.search import _rotation
-from lazyreg.align.steps import align, parse_steps
+from lazyreg.registration.search import _rotation
+from lazyreg.registration.steps import align, parse_steps
 from lazyreg.data import synthetic_pair
-from lazyreg.image import grid_of
+from lazyreg.images import grid_of
 
-from test_align_itk import deformed_pair  # noqa: F401  (fixture)
+from test_registration_itk import deformed_pair  # noqa: F401  (fixture)
 
 
 class TaskCounter(Callback):
@@ -109,7 +109,7 @@ def test_itk_option_values_are_checked_up_front():
 
 def test_deform_step_returns_lazy_affine_and_field(deformed_pair):
     """`align(..., [..., ("deform", ...)])` -> lazy [affine, field] recovering a known deformation."""
-    from test_align_itk import _mean_error
+    from test_registration_itk import _mean_error
 
     fixed, moving, A, pf, true_b = deformed_pair
     sp = grid_of(fixed).spacing

@@ -10,7 +10,7 @@ constant value* beyond the neighbour's own region (evaluated at the nearest poin
 so the neighbours' ramps take over with no hole and no jump, and a fill never exceeds what a
 neighbour found on its own data (extrapolating a local affine or rotation would grow without bound
 and can fold the field). A block with no aligned neighbour contributes zero displacement. Each chunk of the field is then the weighted mean of the
-(at most 27, for overlap <= 0.5) blocks whose weights reach it (:mod:`lazyreg.align.blocks`).
+(at most 27, for overlap <= 0.5) blocks whose weights reach it (:mod:`lazyreg.registration.blocks`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..image import Grid
+from ..images import Grid
 from .blocks import BlockLayout
 
 __all__ = ["local_displacement", "fill_block", "field_chunk"]

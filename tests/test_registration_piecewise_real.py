@@ -1,6 +1,6 @@
 """Piecewise alignment of the real tutorial pair on top of a global affine (issue 6, real data).
 
-The global affine is the stored careful reference of ``tests/test_align_real.py`` (the result of
+The global affine is the stored careful reference of ``tests/test_registration_real.py`` (the result of
 ``align`` with RANSAC + affine, see ``tests/data/tutorial_reference_affine.json``), so this test
 exercises only the piecewise part. Blocks run RANSAC on their own blobs, then a B-spline.
 """

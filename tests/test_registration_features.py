@@ -1,4 +1,4 @@
-"""Tests for lazyreg.align.features: blob detection, RANSAC and feature-based global alignment."""
+"""Tests for lazyreg.registration.features: blob detection, RANSAC and feature-based global alignment."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from scipy import ndimage
 
 import lazyreg
 from lazyreg import LazyregError
-from lazyreg.align import features
-from lazyreg.align.features import align_features, detect_blobs, ransac_affine, validate_options
-from lazyreg.align.search import _rotation
+from lazyreg.registration import features
+from lazyreg.registration.features import align_features, detect_blobs, ransac_affine, validate_options
+from lazyreg.registration.search import _rotation
 from lazyreg.data import phantom, synthetic_pair
-from lazyreg.image import grid_of
+from lazyreg.images import grid_of
 
 SHAPE, SPACING = (64, 128, 128), (2.0, 1.0, 1.0)
 CENTRE = np.array([63.0, 63.5, 63.5])

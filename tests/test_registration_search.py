@@ -1,4 +1,4 @@
-"""Tests for lazyreg.align.search.random_affine_search."""
+"""Tests for lazyreg.registration.search.random_affine_search."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 
 import lazyreg
 from lazyreg import LazyregError
-from lazyreg.align.search import _rotation, random_affine_search
+from lazyreg.registration.search import _rotation, random_affine_search
 from lazyreg.data import synthetic_pair
-from lazyreg.image import grid_of
+from lazyreg.images import grid_of
 
 
 def mean_voxel_error(est, truth, fixed, step=4):

@@ -7,7 +7,7 @@ regions share ``2 * pad`` voxels. Blending weights are separable products of a 1
 each axis: 1 in the middle of the core, falling linearly to 0 across the overlap band
 ``[core_edge - pad, core_edge + pad]``. In the interior two neighbours' ramps sum to one; at the
 volume edges and next to blocks without a result the weights are renormalised by their sum.
-Everything here is pure geometry on :class:`lazyreg.image.Grid` and physical points.
+Everything here is pure geometry on :class:`lazyreg.images.Grid` and physical points.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import LazyregError
-from ..image import Grid
+from ..images import Grid
 
 __all__ = ["BlockLayout", "block_layout"]
 
@@ -140,8 +140,8 @@ def block_layout(grid: Grid, blocksize, overlap: float) -> BlockLayout:
 
     Examples
     --------
-    >>> from lazyreg.image import Grid
-    >>> from lazyreg.align.blocks import block_layout
+    >>> from lazyreg.images import Grid
+    >>> from lazyreg.registration.blocks import block_layout
     >>> L = block_layout(Grid((100, 64, 64), 1.0), 32, 0.25)
     >>> L.nblocks, L.pad, L.region((1, 0, 0))
     ((4, 2, 2), (8, 8, 8), (slice(24, 72, None), slice(0, 40, None), slice(0, 40, None)))

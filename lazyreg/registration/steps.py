@@ -15,22 +15,22 @@ import numpy as np
 import xarray as xr
 
 from ..errors import LazyregError
-from ..image import Grid, grid_of, validate_image
+from ..images import Grid, grid_of, validate_image
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 from ..transforms.points import normalize_transforms
 
 __all__ = ["align", "parse_steps", "run_steps", "STEPS"]
 
-log = logging.getLogger("lazyreg.align")
+log = logging.getLogger(__name__)
 
 #: Step name -> (module, function, fixed keyword arguments).
 STEPS: dict[str, tuple[str, str, dict]] = {
-    "ransac": ("lazyreg.align.features", "align_features", {}),
-    "random": ("lazyreg.align.search", "random_affine_search", {}),
-    "rigid": ("lazyreg.align.itk", "align_affine", {"transform": "rigid"}),
-    "affine": ("lazyreg.align.itk", "align_affine", {"transform": "affine"}),
-    "deform": ("lazyreg.align.itk", "align_deformable", {}),
+    "ransac": ("lazyreg.registration.features", "align_features", {}),
+    "random": ("lazyreg.registration.search", "random_affine_search", {}),
+    "rigid": ("lazyreg.registration.itk", "align_affine", {"transform": "rigid"}),
+    "affine": ("lazyreg.registration.itk", "align_affine", {"transform": "affine"}),
+    "deform": ("lazyreg.registration.itk", "align_deformable", {}),
 }
 # Which SimpleITK option set validates each ITK step.
 _ITK_KIND = {"rigid": "affine", "affine": "affine", "deform": "deformable"}
@@ -55,7 +55,7 @@ def parse_steps(steps: Any) -> list[tuple[str, dict]]:
 
     Examples
     --------
-    >>> from lazyreg.align.steps import parse_steps
+    >>> from lazyreg.registration.steps import parse_steps
     >>> parse_steps(["affine"])
     [('affine', {})]
     """
@@ -210,10 +210,10 @@ def align(
         Images (a downsampled level of large data: each step loads them into memory).
     steps : sequence of (name, options)
         Run in order, each starting from the previous result. Names: ``"ransac"`` (feature points +
-        RANSAC, :func:`lazyreg.align.features.align_features`), ``"random"`` (random affine search,
-        :func:`lazyreg.align.search.random_affine_search`), ``"rigid"`` and ``"affine"``
-        (:func:`lazyreg.align.itk.align_affine`), ``"deform"`` (B-spline,
-        :func:`lazyreg.align.itk.align_deformable`). Options are those functions' keyword arguments,
+        RANSAC, :func:`lazyreg.registration.features.align_features`), ``"random"`` (random affine search,
+        :func:`lazyreg.registration.search.random_affine_search`), ``"rigid"`` and ``"affine"``
+        (:func:`lazyreg.registration.itk.align_affine`), ``"deform"`` (B-spline,
+        :func:`lazyreg.registration.itk.align_deformable`). Options are those functions' keyword arguments,
         validated up front.
     fixed_mask, moving_mask : xarray.DataArray, optional
         Boolean images on each image's grid; restrict blob detection and metric sampling.

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import lazyreg
-from lazyreg.image import grid_of
+from lazyreg.images import grid_of
 from lazyreg.metrics import pearson
 
 REFERENCE = Path(__file__).parent / "data" / "tutorial_reference_affine.json"

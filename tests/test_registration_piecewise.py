@@ -11,11 +11,11 @@ from dask.callbacks import Callback
 
 import lazyreg
 from lazyreg import Affine, DisplacementField, LazyregError
-from lazyreg.align import piecewise as pw
-from lazyreg.align.blend import field_chunk, fill_block
-from lazyreg.align.blocks import block_layout
+from lazyreg.registration import piecewise as pw
+from lazyreg.registration.blend import field_chunk, fill_block
+from lazyreg.registration.blocks import block_layout
 from lazyreg.data import smooth_displacement, warped_pair
-from lazyreg.image import Grid, grid_of
+from lazyreg.images import Grid, grid_of
 from lazyreg.metrics import pearson
 
 from _helpers import grid_points
@@ -231,7 +231,7 @@ def test_forced_failure_is_recorded_logged_and_covered(warped, monkeypatch, capl
         return real(parsed, fx, mv, **kw)
 
     monkeypatch.setattr(pw, "run_steps", flaky)
-    with caplog.at_level(logging.WARNING, logger="lazyreg.align"), dask.config.set(scheduler="threads"):
+    with caplog.at_level(logging.WARNING, logger="lazyreg.registration"), dask.config.set(scheduler="threads"):
         field = lazyreg.align_piecewise(
             fixed, moving, [("affine", {})], blocksize=(16, 40, 40), static_transforms=[Affine(A)], foreground_fraction=0.05
         ).compute()

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import xarray as xr
 
 from ..errors import LazyregError
-from ..image import Grid, grid_of, validate_image
+from ..images import Grid, grid_of, validate_image
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 
@@ -366,7 +366,7 @@ def validate_itk_options(step: str, options: Mapping[str, Any]) -> dict[str, Any
 
     Examples
     --------
-    >>> from lazyreg.align.itk import validate_itk_options
+    >>> from lazyreg.registration.itk import validate_itk_options
     >>> validate_itk_options("affine", {"metric": "mattes_mi"})["metric_args"]
     {'numberOfHistogramBins': 32}
     >>> validate_itk_options("affine", {"metric": "mattes"})
@@ -488,7 +488,7 @@ def validate_itk_options(step: str, options: Mapping[str, Any]) -> dict[str, Any
         o["control_point_levels"] = lv
         fg = o["field_grid"]
         if fg is not None and not isinstance(fg, Grid):
-            raise LazyregError(f"field_grid: expected a lazyreg.image.Grid or None, got {type(fg).__name__}")
+            raise LazyregError(f"field_grid: expected a lazyreg.images.Grid or None, got {type(fg).__name__}")
         sm = np.atleast_1d(np.asarray(o["field_smoothing"], dtype=float))
         if sm.shape != (2,) or np.any(sm < 0) or not np.all(np.isfinite(sm)):
             raise LazyregError(
@@ -900,7 +900,7 @@ def align_affine(
     Examples
     --------
     >>> import lazyreg.data
-    >>> from lazyreg.align.itk import align_affine
+    >>> from lazyreg.registration.itk import align_affine
     >>> fixed, moving, truth = lazyreg.data.synthetic_pair((24, 48, 48), seed=0)
     >>> m, report = align_affine(fixed, moving, initial=truth, shrink_factors=(1,),
     ...                          optimizer_args={"numberOfIterations": 3})
@@ -956,8 +956,8 @@ def deformable_field_grid(fixed_grid: Grid, options: Mapping[str, Any]) -> Grid:
 
     Examples
     --------
-    >>> from lazyreg.image import Grid
-    >>> from lazyreg.align.itk import deformable_field_grid
+    >>> from lazyreg.images import Grid
+    >>> from lazyreg.registration.itk import deformable_field_grid
     >>> deformable_field_grid(Grid((40, 80, 80), 1.0), {"control_point_spacing": 16.0}).spacing
     (4.0, 4.0, 4.0)
     """
@@ -1104,7 +1104,7 @@ def align_deformable(
     Examples
     --------
     >>> import lazyreg.data
-    >>> from lazyreg.align.itk import align_deformable
+    >>> from lazyreg.registration.itk import align_deformable
     >>> fixed, moving, truth = lazyreg.data.synthetic_pair((24, 48, 48), seed=0)
     >>> values, grid, report = align_deformable(fixed, moving, initial=truth, control_point_spacing=24,
     ...                                         optimizer_args={"numberOfIterations": 2})

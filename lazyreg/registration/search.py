@@ -10,7 +10,7 @@ import xarray as xr
 from scipy import ndimage
 
 from ..errors import LazyregError
-from ..image import Grid, grid_of, validate_image
+from ..images import Grid, grid_of, validate_image
 
 __all__ = ["random_affine_search"]
 
@@ -104,7 +104,7 @@ def random_affine_search(
     Examples
     --------
     >>> import lazyreg.data
-    >>> from lazyreg.align.search import random_affine_search
+    >>> from lazyreg.registration.search import random_affine_search
     >>> fixed, moving, truth = lazyreg.data.synthetic_pair((24, 48, 48), seed=0)
     >>> m, report = random_affine_search(fixed, moving, candidates=50, refine_rounds=0)
     >>> m.shape

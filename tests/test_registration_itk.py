@@ -10,8 +10,8 @@ from scipy import ndimage
 
 import lazyreg
 import lazyreg.data as D
-from lazyreg.align import itk
-from lazyreg.align.itk import (
+from lazyreg.registration import itk
+from lazyreg.registration.itk import (
     METRICS,
     OPTIMIZERS,
     align_affine,
@@ -19,7 +19,7 @@ from lazyreg.align.itk import (
     validate_itk_options,
 )
 from lazyreg.errors import LazyregError
-from lazyreg.image import Grid, grid_of
+from lazyreg.images import Grid, grid_of
 from lazyreg.transforms.affine import Affine
 
 from _helpers import grid_points
@@ -312,7 +312,7 @@ def test_validate_fills_defaults():
         ("deformable", {"control_point_levels": (2, 3)}, r"^control_point_levels: each factor must be a multiple"),
         ("deformable", {"control_point_spacing": -5}, r"^control_point_spacing: expected a positive number"),
         ("deformable", {"field_smoothing": (1.0,)}, r"^field_smoothing: expected 2 non-negative variances"),
-        ("deformable", {"field_grid": (4, 4, 4)}, r"^field_grid: expected a lazyreg.image.Grid"),
+        ("deformable", {"field_grid": (4, 4, 4)}, r"^field_grid: expected a lazyreg.images.Grid"),
         ("rigid", {}, r"^step: unknown value 'rigid'; valid: affine, deformable"),
     ],
 )

@@ -8,7 +8,7 @@ The graph, built without computing anything:
    is lazy), decides whether the block is worth aligning (foreground, inside the moving volume),
    runs the steps and returns the local transform as a few parameters plus a report row;
 2. one small task per block fills a block without a result from its neighbours' parameters
-   (:func:`lazyreg.align.blend.fill_block`);
+   (:func:`lazyreg.registration.blend.fill_block`);
 3. one task per chunk of the field blends the (at most 27) blocks whose weights reach it.
 
 Memory per task: a block task holds its fixed and moving regions (``(blocksize * (1 + 2 overlap))^3``
@@ -34,7 +34,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import LazyregError
-from ..image import Grid, grid_of, image, validate_image
+from ..images import Grid, grid_of, image, validate_image
 from ..io.source import region_array
 from ..resample import apply_transform, resample_array
 from ..transforms.affine import Affine
@@ -46,7 +46,7 @@ from .steps import _check_mask, _deform_grid, deform_options, parse_steps, run_s
 
 __all__ = ["align_piecewise", "MIN_INSIDE"]
 
-log = logging.getLogger("lazyreg.align")
+log = logging.getLogger(__name__)
 
 #: A block is aligned only if at least this fraction of its region maps inside the moving volume.
 MIN_INSIDE = 0.5

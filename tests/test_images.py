@@ -10,7 +10,7 @@ import xarray as xr
 
 import lazyreg
 from lazyreg import LazyregError
-from lazyreg.image import Grid, grid_of
+from lazyreg.images import Grid, grid_of
 
 
 def _img(shape=(4, 5, 6), spacing=(2.0, 0.5, 0.25), origin=(10.0, -3.0, 7.5)):
