@@ -10,30 +10,13 @@ import numpy as np
 import xarray as xr
 
 from .errors import LazyregError
+from .validation import check_spacing, check_triple
 
-__all__ = ["DIMS", "Grid", "image", "grid", "spacing", "origin", "validate_image", "grid_of"]
+__all__ = ["DIMS", "Grid", "image", "grid", "spacing", "origin", "validate_image", "grid_of", "check_mask"]
 
 DIMS = ("z", "y", "x")
 _SPACING_ATTR = "spacing"
 _RTOL = 1e-5
-
-
-def _triple(value: Any, what: str, argname: str = "spacing") -> tuple[float, float, float]:
-    """Broadcast a scalar or 3-sequence to a float triple, with a clear error otherwise."""
-    arr = np.asarray(value, dtype=float) if not isinstance(value, str) else None
-    if arr is None or arr.ndim > 1 or (arr.ndim == 1 and arr.size != 3):
-        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x) for {what}, got {value!r}")
-    arr = np.broadcast_to(arr, (3,))
-    if not np.all(np.isfinite(arr)):
-        raise LazyregError(f"{argname}: {what} must be finite, got {tuple(arr.tolist())}")
-    return tuple(float(v) for v in arr)  # type: ignore[return-value]
-
-
-def _check_spacing(value: Any, argname: str = "spacing") -> tuple[float, float, float]:
-    sp = _triple(value, "voxel spacing", argname)
-    if min(sp) <= 0:
-        raise LazyregError(f"{argname}: voxel spacing must be positive, got {sp}")
-    return sp
 
 
 @dataclass(frozen=True)
@@ -49,8 +32,8 @@ class Grid:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        object.__setattr__(self, "spacing", _check_spacing(self.spacing))
-        object.__setattr__(self, "origin", _triple(self.origin, "origin", "origin"))
+        object.__setattr__(self, "spacing", check_spacing(self.spacing))
+        object.__setattr__(self, "origin", check_triple(self.origin, "origin", "origin"))
 
     def coords(self) -> dict[str, np.ndarray]:
         """Voxel-centre coordinates for each dim."""
@@ -120,7 +103,7 @@ def image(
     if not isinstance(data, da.Array):
         data = np.asarray(data)
     _check_array(data, "data")
-    g = Grid(data.shape, _check_spacing(spacing), _triple(origin, "origin", "origin"))
+    g = Grid(data.shape, check_spacing(spacing), check_triple(origin, "origin", "origin"))
     img = xr.DataArray(data, dims=DIMS, coords=g.coords(), attrs={_SPACING_ATTR: g.spacing, "units": units})
     img.name = name  # xarray would otherwise take a dask array's key as the name
     return img
@@ -270,3 +253,44 @@ def grid_of(img: xr.DataArray, argname: str = "image") -> Grid:
         tuple(_axis_spacing(img, i, d, argname) for i, d in enumerate(DIMS)),
         tuple(float(img.coords[d].values[0]) for d in DIMS),
     )
+
+
+def check_mask(mask: Any, img: xr.DataArray, argname: str, image_argname: str = "image") -> xr.DataArray | None:
+    """Check that ``mask`` is None or a boolean (or 0/1 integer) image on the grid of ``img``.
+
+    Only the dtype and the grid are checked (nothing is read), so this is cheap on lazy masks;
+    steps check the values when they read them.
+
+    Raises
+    ------
+    LazyregError
+        Naming ``argname``: not an image, not boolean, or on another grid than ``image_argname``.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> from lazyreg.images import check_mask
+    >>> img = lazyreg.image(np.zeros((4, 4, 4)), spacing=1.0)
+    >>> check_mask(lazyreg.image(np.ones((4, 4, 4), bool), spacing=2.0), img, "fixed_mask", "fixed")
+    Traceback (most recent call last):
+    ...
+    lazyreg.errors.LazyregError: fixed_mask: the mask's grid Grid(shape=(4, 4, 4), spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0)) differs from the grid of fixed Grid(shape=(4, 4, 4), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)); a mask must lie on its image's grid
+    """
+    if mask is None:
+        return None
+    validate_image(mask, argname)
+    dt = np.dtype(mask.dtype)
+    if not (dt == np.bool_ or np.issubdtype(dt, np.integer)):
+        raise LazyregError(f"{argname}: expected a boolean mask (or 0/1 integers), got dtype {dt}")
+    g, gi = grid_of(mask, argname), grid_of(img, image_argname)
+    tol = 1e-6 * max(gi.spacing)
+    if (
+        g.shape != gi.shape
+        or not np.allclose(g.spacing, gi.spacing, rtol=1e-6, atol=0)
+        or not np.allclose(g.origin, gi.origin, rtol=0, atol=tol)
+    ):
+        raise LazyregError(
+            f"{argname}: the mask's grid {g} differs from the grid of {image_argname} {gi}; "
+            "a mask must lie on its image's grid"
+        )
+    return mask

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import LazyregError
-from ..images import _check_spacing
+from ..validation import check_spacing
 from .n5 import is_n5, open_n5
 from .omezarr import is_zarr, open_zarr, to_zarr
 from .source import from_source
@@ -106,7 +106,7 @@ def open_image(
         raise LazyregError(f"group: expected a str (a dataset / group path), got {type(group).__name__}")
     level = _check_level(level)
     if spacing is not None:
-        spacing = _check_spacing(spacing)
+        spacing = check_spacing(spacing)
     p = Path(path).expanduser()
     if not p.exists():
         raise LazyregError(f"path: {p} does not exist")

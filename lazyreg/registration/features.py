@@ -46,7 +46,8 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..errors import LazyregError
-from ..images import Grid, _check_spacing, grid_of, validate_image
+from ..images import Grid, grid_of, validate_image
+from ..validation import check_spacing
 
 __all__ = ["detect_blobs", "ransac_affine", "align_features", "validate_options"]
 
@@ -342,7 +343,7 @@ def detect_blobs(
     array([[15., 20., 12.]])
     """
     v = _as_volume(values, "values")
-    sp = np.asarray(_check_spacing(spacing), dtype=float)
+    sp = np.asarray(check_spacing(spacing), dtype=float)
     b = _check_blob_sizes(blob_sizes)
     nspots = _check_int(nspots, "nspots", 1)
     num_sigma_max = _check_int(num_sigma_max, "num_sigma_max", 1)
