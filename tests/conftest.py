@@ -17,3 +17,17 @@ def tutorial_dir() -> Path:
         pytest.skip("../shared is absent beside the project root")
     assert TUTORIAL.exists(), f"../shared exists but {TUTORIAL} does not"
     return TUTORIAL
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """One LocalCluster for the session (2 worker processes, 1 thread each).
+
+    Tests connect their own client, so that nothing else runs on it::
+
+        with distributed.Client(local_cluster) as client: ...
+    """
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster
