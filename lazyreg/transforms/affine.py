@@ -10,8 +10,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import LazyregError
+from ..validation import check_points
 
-__all__ = ["Affine"]
+__all__ = ["Affine", "rotation_matrices", "as_matrix"]
 
 #: A linear part whose condition number exceeds this is treated as singular.
 _MAX_CONDITION = 1e12
@@ -32,21 +33,51 @@ def _vector3(value: Any, argname: str) -> np.ndarray:
     return arr
 
 
-def _rotation_xyz(rx: float, ry: float, rz: float) -> np.ndarray:
-    """``Rz @ Ry @ Rx`` in the xyz frame, right-handed, radians (ITK Euler3D with ComputeZYX)."""
-    cx, sx = np.cos(rx), np.sin(rx)
-    cy, sy = np.cos(ry), np.sin(ry)
-    cz, sz = np.cos(rz), np.sin(rz)
-    Rx = np.array([[1.0, 0.0, 0.0], [0.0, cx, -sx], [0.0, sx, cx]])
-    Ry = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
-    Rz = np.array([[cz, -sz, 0.0], [sz, cz, 0.0], [0.0, 0.0, 1.0]])
-    return Rz @ Ry @ Rx
+def rotation_matrices(angles_deg: Any) -> np.ndarray:
+    """Rotation matrices acting on (z, y, x) vectors, for angles (z, y, x) in degrees.
 
+    The convention of :meth:`Affine.from_parameters`: ``R = Rz @ Ry @ Rx`` (the rotation about x
+    applied first), each a right-handed rotation of the physical (x, y, z) frame, so +90 degrees
+    about z maps the x axis onto the y axis. This equals ITK's ``Euler3DTransform`` with
+    ``SetComputeZYX(True)``.
 
-def _rotation_zyx(angles_deg: np.ndarray) -> np.ndarray:
-    """The rotation for ``(angle_z, angle_y, angle_x)`` degrees, as a matrix acting on zyx vectors."""
-    az, ay, ax = np.deg2rad(angles_deg)
-    return _rotation_xyz(ax, ay, az)[::-1, ::-1].copy()
+    Parameters
+    ----------
+    angles_deg : (3,) or (K, 3) array_like
+        Angles about the z, y and x axes, in degrees.
+
+    Returns
+    -------
+    (3, 3) or (K, 3, 3) ndarray
+
+    Examples
+    --------
+    >>> from lazyreg.transforms.affine import rotation_matrices
+    >>> R = rotation_matrices([90.0, 0.0, 0.0])        # about z
+    >>> (R @ [0.0, 0.0, 1.0]).round(12) + 0.0          # x -> y
+    array([0., 1., 0.])
+    >>> rotation_matrices([[0, 0, 0], [0, 0, 90]]).shape
+    (2, 3, 3)
+    """
+    a = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
+    single = a.ndim == 1
+    a = np.atleast_2d(a)
+    if a.ndim != 2 or a.shape[1] != 3:
+        raise LazyregError(f"rotation: expected 3 angles (z, y, x) or (K, 3) of them, got shape {np.shape(angles_deg)}")
+    c, s = np.cos(a), np.sin(a)
+    k = len(a)
+    rz, ry, rx = (np.zeros((k, 3, 3)) for _ in range(3))
+    # in the zyx frame; about z the (y, x) plane turns x -> y for +90 degrees
+    rz[:, 0, 0] = 1
+    rz[:, 1, 1], rz[:, 1, 2], rz[:, 2, 1], rz[:, 2, 2] = c[:, 0], s[:, 0], -s[:, 0], c[:, 0]
+    # about y the (z, x) plane: z -> x for +90 degrees
+    ry[:, 1, 1] = 1
+    ry[:, 0, 0], ry[:, 0, 2], ry[:, 2, 0], ry[:, 2, 2] = c[:, 1], -s[:, 1], s[:, 1], c[:, 1]
+    # about x the (z, y) plane: y -> z for +90 degrees
+    rx[:, 2, 2] = 1
+    rx[:, 0, 0], rx[:, 0, 1], rx[:, 1, 0], rx[:, 1, 1] = c[:, 2], s[:, 2], -s[:, 2], c[:, 2]
+    out = rz @ ry @ rx
+    return out[0] if single else out
 
 
 def _check_concrete(m: np.ndarray) -> np.ndarray:
@@ -226,7 +257,7 @@ class Affine:
         >>> lazyreg.Affine.from_parameters(scale=2.0, center=(1, 1, 1))([2.0, 2.0, 2.0])
         array([3., 3., 3.])
         """
-        R = _rotation_zyx(_vector3(rotation, "rotation"))
+        R = rotation_matrices(_vector3(rotation, "rotation"))
         s = _vector3(scale, "scale")
         if np.any(s == 0):
             raise LazyregError(f"scale: expected non-zero values, got {tuple(s.tolist())}")
@@ -312,14 +343,7 @@ class Affine:
     def __matmul__(self, other: Any) -> Affine:
         """``(A @ B)(x) == A(B(x))`` (matrix product); lazy, computing nothing, if either is lazy."""
         if not isinstance(other, Affine):
-            from .field import DisplacementField
-
-            if isinstance(other, DisplacementField):
-                raise LazyregError(
-                    "other: an Affine cannot be multiplied with a DisplacementField; "
-                    "use the list [affine, field] (applied last to first) instead"
-                )
-            return NotImplemented
+            return NotImplemented  # a DisplacementField explains itself in its __rmatmul__
         if self.is_lazy or other.is_lazy:
             return Affine(da.matmul(_as_lazy(self.matrix), _as_lazy(other.matrix)))
         return Affine(self.matrix @ other.matrix)
@@ -354,7 +378,7 @@ class Affine:
         >>> lazyreg.Affine.from_translation(1.0)([[0.0, 0.0, 0.0]])
         array([[1., 1., 1.]])
         """
-        p = _points(points)
+        p = check_points(points)
         m = np.asarray(self.compute().matrix)
         return p @ m[:3, :3].T + m[:3, 3]
 
@@ -386,17 +410,6 @@ class Affine:
         t.SetTranslation(m[:3, 3][::-1].tolist())
         t.SetCenter((0.0, 0.0, 0.0))
         return t
-
-
-def _points(points: Any, argname: str = "points") -> np.ndarray:
-    """Physical points as float64 of shape (N, 3) or (3,), with a clear error otherwise."""
-    try:
-        p = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise LazyregError(f"{argname}: expected numbers of shape (N, 3) or (3,), got {type(points).__name__}") from None
-    if p.ndim not in (1, 2) or p.shape[-1] != 3:
-        raise LazyregError(f"{argname}: expected shape (N, 3) or (3,) in (z, y, x) order, got {p.shape}")
-    return p
 
 
 # -- SimpleITK conversion -----------------------------------------------------------------------
@@ -448,3 +461,24 @@ def _sitk_to_matrix(transform: Any) -> np.ndarray:
     p0 = np.asarray(t.TransformPoint((0.0, 0.0, 0.0)))
     A = np.stack([np.asarray(t.TransformPoint(tuple(e))) - p0 for e in np.eye(3)], axis=1)
     return _xyz_to_zyx(A, p0)
+
+
+def as_matrix(value: Any, argname: str = "initial") -> np.ndarray | None:
+    """A concrete (4, 4) float64 matrix from an Affine, a matrix or None (None stays None).
+
+    A lazy Affine is computed. Used by steps for their ``initial`` argument.
+
+    Examples
+    --------
+    >>> from lazyreg.transforms.affine import Affine, as_matrix
+    >>> as_matrix(Affine.from_translation(1.0))[:3, 3]
+    array([1., 1., 1.])
+    >>> as_matrix(None) is None
+    True
+    """
+    if value is None:
+        return None
+    try:
+        return np.array(Affine(value).compute().matrix, dtype=np.float64)
+    except LazyregError as e:
+        raise LazyregError(f"{argname}: {e}") from None

@@ -12,7 +12,7 @@ import xarray as xr
 
 from ..errors import LazyregError
 from ..images import DIMS, Grid, grid_of, image
-from .affine import _points
+from ..validation import check_points
 
 __all__ = ["DisplacementField", "interpolate_field"]
 
@@ -91,7 +91,7 @@ def interpolate_field(
         raise LazyregError(f"values: shape {values.shape[:3]} does not match grid shape {grid.shape}")
     full = grid if full_grid is None else full_grid
     k = np.zeros(3, dtype=np.int64) if full_grid is None else _block_offset(grid, full)
-    pts = _points(points).reshape(-1, 3)
+    pts = check_points(points).reshape(-1, 3)
     n_full = np.asarray(full.shape, dtype=np.int64)
     ci = full.to_index(pts)
     inside = np.all((ci >= -0.5) & (ci < n_full - 0.5), axis=1)
@@ -390,7 +390,7 @@ class DisplacementField:
         >>> lazyreg.DisplacementField.from_array(d, 1.0).displacement_at([0.5, 0.0, 0.0])
         array([1., 0., 0.])
         """
-        p = _points(points)
+        p = check_points(points)
         d = interpolate_field(self.values, self.grid, p.reshape(-1, 3))
         return d.reshape(p.shape)
 
@@ -404,7 +404,7 @@ class DisplacementField:
         >>> D([0.0, 0.0, 0.0])
         array([1., 1., 1.])
         """
-        p = _points(points)
+        p = check_points(points)
         return p + self.displacement_at(p)
 
     def to_sitk(self) -> sitk.DisplacementFieldTransform:
@@ -422,6 +422,12 @@ class DisplacementField:
         img.SetSpacing(self.grid.spacing[::-1])
         img.SetOrigin(self.grid.origin[::-1])
         return sitk.DisplacementFieldTransform(img)
+
+    def __rmatmul__(self, other: Any) -> Any:
+        raise LazyregError(
+            "other: an Affine cannot be multiplied with a DisplacementField; "
+            "use the list [affine, field] (applied last to first) instead"
+        )
 
     def __repr__(self) -> str:
         kind = "lazy" if self.is_lazy else "in memory"

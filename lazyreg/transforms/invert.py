@@ -16,7 +16,7 @@ import numbers
 import operator
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import dask.array as da
 import numpy as np
@@ -28,7 +28,9 @@ from scipy import ndimage
 
 from ..errors import LazyregError, LazyregWarning
 from ..images import Grid, grid_of
-from .field import DisplacementField
+
+if TYPE_CHECKING:  # the inverse is built with type(field): no import cycle with field.py
+    from .field import DisplacementField
 
 __all__ = ["invert_field"]
 
@@ -341,7 +343,13 @@ def _lazy_inverse(
     hlg = HighLevelGraph(layers, deps)
     values = da.Array(hlg, name, chunks=tuple(chunks) + ((3,),), meta=np.empty((0, 0, 0, 0), dtype=dtype))
     report = Delayed(name_r, hlg, layer=name_r)
-    return DisplacementField.from_array(values, g.spacing, g.origin, report=report)
+    return type(field).from_array(values, g.spacing, g.origin, report=report)
+
+
+def _is_field(obj: Any) -> bool:
+    """Whether ``obj`` is a lazyreg DisplacementField, by its interface (no import of field.py,
+    which imports this module for :meth:`DisplacementField.inverse`)."""
+    return isinstance(getattr(obj, "grid", None), Grid) and hasattr(obj, "is_lazy") and hasattr(type(obj), "from_array")
 
 
 # --------------------------------------------------------------------------- public
@@ -454,7 +462,7 @@ def invert_field(
     >>> np.round(D(inv(p)) - p, 3)[:, 2]                   # between: the inverse is interpolated
     array([0.001, 0.039])
     """
-    if not isinstance(field, DisplacementField):
+    if not _is_field(field):
         raise LazyregError(
             f"field: expected a lazyreg.DisplacementField, got {type(field).__name__} "
             "(wrap a (Z, Y, X, 3) array with lazyreg.DisplacementField.from_array)"
@@ -477,4 +485,4 @@ def invert_field(
     result, stats = _invert_grid(values, np.zeros(3), field.grid, g, tol, maxit, values.dtype)
     _warn_unconverged(stats, tol, maxit)
     report = _report(stats, np.array([[[stats["max_residual"]]]]), tol, maxit, big if md is None else md)
-    return DisplacementField.from_array(result, g.spacing, g.origin, report=report)
+    return type(field).from_array(result, g.spacing, g.origin, report=report)

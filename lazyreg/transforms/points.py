@@ -7,7 +7,8 @@ from typing import Any, Union
 import numpy as np
 
 from ..errors import LazyregError
-from .affine import Affine, _points
+from ..validation import check_points
+from .affine import Affine
 from .field import DisplacementField
 
 __all__ = ["Transform", "transform_points", "normalize_transforms"]
@@ -108,7 +109,7 @@ def transform_points(points: Any, transforms: Any) -> np.ndarray:
     array([[2., 2., 3.]])
     """
     ts = normalize_transforms(transforms)
-    p = _points(points).copy()
+    p = check_points(points).copy()
     for t in reversed(ts):
         p = t(p)
     return p
