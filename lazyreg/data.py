@@ -1,16 +1,79 @@
-"""Seeded synthetic volumes with known ground truth: phantoms of blobs and tubes, and warped pairs."""
+"""Seeded synthetic volumes with known ground truth: phantoms of blobs and tubes, and warped pairs.
+
+Every image is rendered analytically from one set of objects (Gaussian blobs and tubes, drawn from
+the seed in physical units over the grid's extent), so the stated transform between a pair is the
+truth up to sampling, with no interpolation error in it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from functools import partial
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import xarray as xr
 
+from .errors import LazyregError
 from .images import Grid, image
+from .regions import affine_box, index_region
+from .transforms.affine import Affine
+from .validation import check_int, check_number, check_points, check_positive_ints, check_seed, check_spacing, check_triple
 
 __all__ = ["phantom", "synthetic_pair", "default_affine", "warped_pair", "smooth_displacement"]
+
+#: Objects are rendered out to this many sigmas.
+REACH_SIGMAS = 3.5
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _grid(shape: Any, spacing: Any, origin: Any, prefix: str = "") -> Grid:
+    sizes = check_positive_ints(shape, prefix + "shape")
+    if len(sizes) != 3:
+        raise LazyregError(f"{prefix}shape: expected 3 sizes (z, y, x), got {shape!r}")
+    return Grid(sizes, check_spacing(spacing, prefix + "spacing"), check_triple(origin, prefix + "origin", "the origin"))
+
+
+def _dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not (np.issubdtype(dt, np.integer) or np.issubdtype(dt, np.floating)):
+        raise LazyregError(f"dtype: expected an integer or floating-point dtype, got {dtype!r}")
+    return dt
+
+
+def _matrix(matrix: Any, g: Grid) -> np.ndarray:
+    """The 4x4 fixed -> moving matrix: :func:`default_affine` of ``g`` when None; checked invertible."""
+    if matrix is None:
+        return default_affine(g.shape, g.spacing, g.origin)
+    A = Affine(matrix).compute()
+    A.inverse()  # the moving image is rendered through the inverse
+    return np.array(A.matrix, dtype=float)
+
+
+def _counts(g: Grid, n_blobs: Any, n_tubes: Any) -> tuple[int, int]:
+    """Numbers of objects: as given, or scaled with the number of voxels."""
+    nvox = float(np.prod(g.shape))
+    nb = int(max(20, nvox / 4000)) if n_blobs is None else check_int(n_blobs, "n_blobs", minimum=0)
+    nt = int(max(4, nvox / 60000)) if n_tubes is None else check_int(n_tubes, "n_tubes", minimum=0)
+    return nb, nt
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def _blob(q: np.ndarray, c: np.ndarray, s: float, a: float) -> np.ndarray:
+    return a * np.exp(-np.sum((q - c) ** 2, axis=-1) / (2 * s * s))
+
+
+def _tube(q: np.ndarray, ta: np.ndarray, tb: np.ndarray, s: float, a: float) -> np.ndarray:
+    ab = tb - ta
+    t = np.clip(((q - ta) @ ab) / (ab @ ab), 0.0, 1.0)
+    return a * np.exp(-np.sum((q - (ta + t[..., None] * ab)) ** 2, axis=-1) / (2 * s * s))
 
 
 @dataclass(frozen=True)
@@ -24,6 +87,14 @@ class _Shapes:
     tube_b: np.ndarray
     tube_sigmas: np.ndarray
     tube_amps: np.ndarray
+
+    def objects(self) -> Iterator[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]]:
+        """``(lo, hi, value)`` per object: its physical box and its value at points ``q`` (..., 3)."""
+        for c, s, a in zip(self.blob_centres, self.blob_sigmas, self.blob_amps):
+            yield c - REACH_SIGMAS * s, c + REACH_SIGMAS * s, partial(_blob, c=c, s=s, a=a)
+        for ta, tb, s, a in zip(self.tube_a, self.tube_b, self.tube_sigmas, self.tube_amps):
+            lo, hi = np.minimum(ta, tb) - REACH_SIGMAS * s, np.maximum(ta, tb) + REACH_SIGMAS * s
+            yield lo, hi, partial(_tube, ta=ta, tb=tb, s=s, a=a)
 
 
 def _draw_shapes(g: Grid, seed: int, n_blobs: int, n_tubes: int) -> _Shapes:
@@ -45,57 +116,40 @@ def _draw_shapes(g: Grid, seed: int, n_blobs: int, n_tubes: int) -> _Shapes:
     return _Shapes(centres, sigmas, amps, a, b, tsig, tamps)
 
 
-def _window(g: Grid, lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...] | None:
-    """Index window of grid ``g`` that covers the physical box [lo, hi] (None if disjoint)."""
-    i0 = np.floor(g.to_index(lo[None])[0]).astype(int)
-    i1 = np.ceil(g.to_index(hi[None])[0]).astype(int) + 1
-    i0 = np.maximum(i0, 0)
-    i1 = np.minimum(i1, g.shape)
-    if np.any(i1 <= i0):
-        return None
-    return tuple(slice(a, b) for a, b in zip(i0, i1))
-
-
 def _render(shapes: _Shapes, g: Grid, matrix: np.ndarray) -> np.ndarray:
     """Evaluate the phantom at ``inverse(matrix)(p)`` for every voxel centre p of grid ``g``.
 
     ``matrix`` maps object (fixed) space to the space of ``g``; identity renders the fixed image.
+    Each object is evaluated only over the voxels its mapped box covers.
     """
     out = np.zeros(g.shape, dtype=np.float32)
     inv = np.linalg.inv(matrix)
-    corners = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, -1).T
-
-    def boxed(lo: np.ndarray, hi: np.ndarray):
-        pts = lo + corners * (hi - lo)
-        mapped = pts @ matrix[:3, :3].T + matrix[:3, 3]
-        win = _window(g, mapped.min(0), mapped.max(0))
+    for lo, hi, value in shapes.objects():
+        win = index_region(g, affine_box(matrix, (lo, hi)), 0)
         if win is None:
-            return None, None
+            continue
         axes = [g.origin[i] + np.arange(s.start, s.stop) * g.spacing[i] for i, s in enumerate(win)]
         p = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-        q = p @ inv[:3, :3].T + inv[:3, 3]
-        return win, q
-
-    for c, s, a in zip(shapes.blob_centres, shapes.blob_sigmas, shapes.blob_amps):
-        win, q = boxed(c - 3.5 * s, c + 3.5 * s)
-        if win is not None:
-            d2 = np.sum((q - c) ** 2, axis=-1)
-            out[win] += (a * np.exp(-d2 / (2 * s * s))).astype(np.float32)
-    for ta, tb, s, a in zip(shapes.tube_a, shapes.tube_b, shapes.tube_sigmas, shapes.tube_amps):
-        win, q = boxed(np.minimum(ta, tb) - 3.5 * s, np.maximum(ta, tb) + 3.5 * s)
-        if win is not None:
-            ab = tb - ta
-            t = np.clip(((q - ta) @ ab) / (ab @ ab), 0.0, 1.0)
-            d2 = np.sum((q - (ta + t[..., None] * ab)) ** 2, axis=-1)
-            out[win] += (a * np.exp(-d2 / (2 * s * s))).astype(np.float32)
+        out[win] += value(p @ inv[:3, :3].T + inv[:3, 3]).astype(np.float32)
     return out
 
 
-def _to_dtype(values: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values * scale), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
+def _finish(values: np.ndarray, g: Grid, noise: float, noise_seed: list, dt: np.dtype) -> xr.DataArray:
+    """The image of rendered ``values``: noise added (clipped at 0), scaled into ``dt``.
+
+    Integers are scaled so that the brightest object uses about 1/8 of their range.
+    """
+    if noise:
+        rng = np.random.default_rng(noise_seed)
+        values = values + rng.normal(0.0, noise, size=values.shape).astype(np.float32)
+        np.clip(values, 0, None, out=values)
+    if np.issubdtype(dt, np.integer):
+        info = np.iinfo(dt)
+        values = np.clip(np.rint(values * (info.max / 8.0)), info.min, info.max)
+    return image(values.astype(dt), g.spacing, g.origin)
+
+
+# --------------------------------------------------------------------------- public
 
 
 def phantom(
@@ -114,15 +168,21 @@ def phantom(
     Parameters
     ----------
     shape, spacing, origin
-        The grid (z, y, x); spacing and origin in physical units.
+        The grid (z, y, x); spacing and origin in physical units. The objects are drawn over the
+        grid's physical extent, so another origin moves them with the grid.
     seed : int
-        Random seed; the same seed gives the same phantom.
+        Random seed (non-negative); the same seed gives the same phantom.
     n_blobs, n_tubes : int, optional
         Number of objects; default scales with the volume.
     noise : float
         Standard deviation of additive Gaussian noise, relative to the brightest object.
     dtype : dtype
         Output dtype; integers are scaled to use about 1/8 of their range.
+
+    Raises
+    ------
+    LazyregError
+        Naming the bad argument.
 
     Examples
     --------
@@ -131,37 +191,41 @@ def phantom(
     >>> img.dims, img.dtype.name
     (('z', 'y', 'x'), 'uint16')
     """
-    img, _ = _phantom_and_shapes(shape, spacing, origin, seed, n_blobs, n_tubes, noise, dtype)
-    return img
+    return _phantom(shape, spacing, origin, seed, n_blobs, n_tubes, noise, dtype)[2]
 
 
-def _phantom_and_shapes(shape, spacing, origin, seed, n_blobs, n_tubes, noise, dtype, matrix=None, g_render=None):
-    g = Grid(tuple(shape), spacing, origin)
-    nvox = float(np.prod(g.shape))
-    n_blobs = int(n_blobs if n_blobs is not None else max(20, nvox / 4000))
-    n_tubes = int(n_tubes if n_tubes is not None else max(4, nvox / 60000))
-    shapes = _draw_shapes(g, seed, n_blobs, n_tubes)
-    img = _make_image(shapes, g, np.eye(4), seed, noise, dtype)
-    return img, shapes
+def _phantom(shape, spacing, origin, seed, n_blobs, n_tubes, noise, dtype) -> tuple[Grid, _Shapes, xr.DataArray]:
+    """The arguments of :func:`phantom` checked: its grid, its objects and the image."""
+    g, dt, seed = _grid(shape, spacing, origin), _dtype(dtype), check_seed(seed)
+    noise = check_number(noise, "noise", 0.0)
+    shapes = _draw_shapes(g, seed, *_counts(g, n_blobs, n_tubes))
+    return g, shapes, _finish(_render(shapes, g, np.eye(4)), g, noise, [seed, 7, *g.shape], dt)
 
 
-def _make_image(shapes: _Shapes, g: Grid, matrix: np.ndarray, seed: int, noise: float, dtype) -> xr.DataArray:
-    values = _render(shapes, g, matrix)
-    if noise:
-        rng = np.random.default_rng([seed, 7, *g.shape])
-        values = values + rng.normal(0.0, noise, size=values.shape).astype(np.float32)
-        np.clip(values, 0, None, out=values)
-    dt = np.dtype(dtype)
-    scale = (np.iinfo(dt).max / 8.0) if np.issubdtype(dt, np.integer) else 1.0
-    return image(_to_dtype(values, dt, scale), g.spacing, g.origin)
-
-
-def default_affine(shape: Sequence[int], spacing: Sequence[float], origin: Sequence[float] = (0, 0, 0)) -> np.ndarray:
+def default_affine(
+    shape: Sequence[int], spacing: float | Sequence[float], origin: float | Sequence[float] = (0, 0, 0)
+) -> np.ndarray:
     """A moderate known affine about the volume centre: 8, -5, 6 degree rotations, 5% scale, shifts.
 
-    Returns a 4x4 matrix (zyx, physical) mapping fixed points to moving points.
+    The rotations are about z, y and x (in that order, right-handed); the scales are 1.05, 0.97
+    and 1.02 along z, y and x; the centre of the grid moves by 4%, -5% and 6% of its extent.
+
+    Returns
+    -------
+    ndarray
+        A 4x4 matrix (zyx, physical) mapping fixed points to moving points.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> from lazyreg.data import default_affine
+    >>> A = default_affine((32, 64, 64), spacing=(2.0, 1.0, 1.0))
+    >>> A.shape, round(float(np.linalg.det(A[:3, :3])), 4)  # the scales' product
+    ((4, 4), 1.0389)
+    >>> lazyreg.Affine(A)((31.0, 31.5, 31.5)).round(2)  # the centre moves by the shifts
+    array([33.48, 28.35, 35.28])
     """
-    g = Grid(tuple(shape), spacing, origin)
+    g = _grid(shape, spacing, origin)
     lo, hi = g.extent
     centre = (lo + hi) / 2
     angles = np.deg2rad([8.0, -5.0, 6.0])
@@ -200,8 +264,10 @@ def synthetic_pair(
 
     Parameters
     ----------
+    shape, spacing, origin, seed, noise, dtype, n_blobs, n_tubes
+        The fixed image, as :func:`phantom` (the moving image's noise is drawn from ``seed + 1``).
     matrix : (4, 4) array, optional
-        Fixed -> moving physical transform (zyx). Default :func:`default_affine`.
+        Fixed -> moving physical transform (zyx), invertible. Default :func:`default_affine`.
     moving_shape, moving_spacing, moving_origin : optional
         Grid of the moving image; default the fixed grid.
 
@@ -212,6 +278,11 @@ def synthetic_pair(
     matrix : ndarray
         The true 4x4 transform, fixed -> moving.
 
+    Raises
+    ------
+    LazyregError
+        Naming the bad argument.
+
     Examples
     --------
     >>> import lazyreg.data
@@ -219,28 +290,54 @@ def synthetic_pair(
     >>> A.shape
     (4, 4)
     """
-    fixed, shapes = _phantom_and_shapes(shape, spacing, origin, seed, n_blobs, n_tubes, noise, dtype)
-    g_fixed = Grid(tuple(shape), spacing, origin)
-    m = default_affine(g_fixed.shape, g_fixed.spacing, g_fixed.origin) if matrix is None else np.asarray(matrix, float)
-    g_mov = Grid(
-        tuple(moving_shape if moving_shape is not None else g_fixed.shape),
-        moving_spacing if moving_spacing is not None else g_fixed.spacing,
-        moving_origin if moving_origin is not None else g_fixed.origin,
+    g, shapes, fixed = _phantom(shape, spacing, origin, seed, n_blobs, n_tubes, noise, dtype)
+    m = _matrix(matrix, g)
+    g_mov = _grid(
+        moving_shape if moving_shape is not None else g.shape,
+        moving_spacing if moving_spacing is not None else g.spacing,
+        moving_origin if moving_origin is not None else g.origin,
+        prefix="moving_",
     )
-    moving = _make_image(shapes, g_mov, m, seed + 1, noise, dtype)
+    moving = _finish(_render(shapes, g_mov, m), g_mov, noise, [seed + 1, 7, *g_mov.shape], np.dtype(dtype))
     return fixed, moving, m
 
 
 def smooth_displacement(points: np.ndarray, g: Grid, amplitude: float) -> np.ndarray:
     """A smooth known displacement (zyx, physical units) at physical points, varying across the volume.
 
-    Sums of low-frequency sines and cosines over the extent of grid ``g``; each component peaks at
-    about ``amplitude`` (physical units) and changes over a few tens of voxels, so blocks of a
-    piecewise alignment see different local displacements.
+    Sums of low-frequency sines and cosines over the extent of grid ``g``; the components peak at
+    about 0.6, 1.2 and 1 times ``amplitude`` (physical units) and change over a few tens of
+    voxels, so blocks of a piecewise alignment see different local displacements.
+
+    Parameters
+    ----------
+    points : (N, 3) or (3,) array
+        Physical (z, y, x) points.
+    g : Grid
+        The grid whose extent the pattern spans.
+    amplitude : float
+        Scale of the displacement, in physical units (non-negative).
+
+    Returns
+    -------
+    ndarray
+        Displacements, the shape of ``points``.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> from lazyreg.data import smooth_displacement
+    >>> g = lazyreg.Grid((20, 40, 40), spacing=(2.0, 1.0, 1.0))
+    >>> smooth_displacement(g.to_physical([[0, 0, 0], [10, 20, 20]]), g, amplitude=3.0).round(3)
+    array([[ 0.   ,  1.2  ,  0.   ],
+           [-0.072, -0.443,  1.937]])
     """
+    p = check_points(points)
+    if not isinstance(g, Grid):
+        raise LazyregError(f"g: expected a lazyreg.Grid, got {type(g).__name__}")
+    a = check_number(amplitude, "amplitude", 0.0)
     lo, hi = g.extent
-    z, y, x = ((np.asarray(points, dtype=float) - lo) / (hi - lo)).T
-    a = float(amplitude)
+    z, y, x = ((p - lo) / (hi - lo)).T
     return np.stack(
         [
             0.6 * a * np.sin(np.pi * y) * np.cos(np.pi * x),
@@ -273,9 +370,11 @@ def warped_pair(
     shape, spacing, origin
         The grid of both images.
     matrix : (4, 4) array, optional
-        The affine ``A``; default :func:`default_affine` of the grid.
+        The affine ``A``, invertible; default :func:`default_affine` of the grid.
     amplitude : float
-        Peak displacement of ``d`` in physical units (see :func:`smooth_displacement`).
+        Scale of ``d`` in physical units (see :func:`smooth_displacement`).
+    seed, noise, dtype, n_blobs
+        As :func:`phantom`; ``moving`` is the phantom of ``seed``.
 
     Returns
     -------
@@ -286,6 +385,11 @@ def warped_pair(
     displacement : ndarray
         ``d`` sampled at the fixed voxel centres, shape (Z, Y, X, 3), physical units.
 
+    Raises
+    ------
+    LazyregError
+        Naming the bad argument.
+
     Examples
     --------
     >>> import lazyreg.data
@@ -293,38 +397,19 @@ def warped_pair(
     >>> d.shape
     (24, 40, 40, 3)
     """
-    g = Grid(tuple(shape), spacing, origin)
-    m = default_affine(g.shape, g.spacing, g.origin) if matrix is None else np.asarray(matrix, float)
-    moving, shapes = _phantom_and_shapes(shape, spacing, origin, seed, n_blobs, None, noise, dtype)
-    idx = np.indices(g.shape, dtype=np.float32).reshape(3, -1).T
-    p = g.to_physical(idx)
+    g, shapes, moving = _phantom(shape, spacing, origin, seed, n_blobs, None, noise, dtype)
+    m = _matrix(matrix, g)
+    p = g.to_physical(np.indices(g.shape, dtype=np.float32).reshape(3, -1).T)
     disp = smooth_displacement(p, g, amplitude)
     q = (p + disp) @ m[:3, :3].T + m[:3, 3]  # where each fixed voxel centre lands in moving space
     q = q.reshape(g.shape + (3,)).astype(np.float32)
     out = np.zeros(g.shape, dtype=np.float32)
     reach = float(np.abs(disp).max()) + 1e-6
     inv = np.linalg.inv(m)
-
-    def add(lo_m: np.ndarray, hi_m: np.ndarray, value) -> None:
-        corners = lo_m + np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, -1).T * (hi_m - lo_m)
-        back = corners @ inv[:3, :3].T + inv[:3, 3]  # A^-1 of the box, then widen by |d|
-        win = _window(g, back.min(0) - reach, back.max(0) + reach)
+    for lo, hi, value in shapes.objects():
+        back_lo, back_hi = affine_box(inv, (lo, hi))  # A^-1 of the object's box, widened by |d|
+        win = index_region(g, (back_lo - reach, back_hi + reach), 0)
         if win is not None:
             out[win] += value(q[win]).astype(np.float32)
-
-    for c, s, a in zip(shapes.blob_centres, shapes.blob_sigmas, shapes.blob_amps):
-        add(c - 3.5 * s, c + 3.5 * s, lambda qq, c=c, s=s, a=a: a * np.exp(-np.sum((qq - c) ** 2, -1) / (2 * s * s)))
-    for ta, tb, s, a in zip(shapes.tube_a, shapes.tube_b, shapes.tube_sigmas, shapes.tube_amps):
-        def tube(qq, ta=ta, tb=tb, s=s, a=a):
-            ab = tb - ta
-            t = np.clip(((qq - ta) @ ab) / (ab @ ab), 0.0, 1.0)
-            return a * np.exp(-np.sum((qq - (ta + t[..., None] * ab)) ** 2, -1) / (2 * s * s))
-
-        add(np.minimum(ta, tb) - 3.5 * s, np.maximum(ta, tb) + 3.5 * s, tube)
-    if noise:
-        rng = np.random.default_rng([seed, 11, *g.shape])
-        out = np.clip(out + rng.normal(0.0, noise, size=out.shape).astype(np.float32), 0, None)
-    dt = np.dtype(dtype)
-    scale = (np.iinfo(dt).max / 8.0) if np.issubdtype(dt, np.integer) else 1.0
-    fixed = image(_to_dtype(out, dt, scale), g.spacing, g.origin)
+    fixed = _finish(out, g, noise, [seed, 11, *g.shape], np.dtype(dtype))
     return fixed, moving, m, disp.reshape(g.shape + (3,))

@@ -34,7 +34,14 @@ _FEED_INTERVAL = 0.2
 
 
 def format_seconds(s: float) -> str:
-    """``4.2 s``, ``3 min 05 s``, ``2 h 03 min``."""
+    """A duration for people: ``4.2 s``, ``3 min 05 s``, ``2 h 03 min``.
+
+    Examples
+    --------
+    >>> from lazyreg.progress import format_seconds
+    >>> format_seconds(4.2), format_seconds(185), format_seconds(7380)
+    ('4.2 s', '3 min 05 s', '2 h 03 min')
+    """
     if s < 60:
         return f"{s:.1f} s"
     if s < 3600:

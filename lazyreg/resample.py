@@ -17,14 +17,16 @@ How a task finds the moving voxels it needs is explained in ``docs/design.md``. 
   (:func:`lazyreg.io.source.find_source`), or, for a lazy field, the box is bounded by a stated
   ``max_displacement`` and checked at run time. A moving image that is neither store-backed nor
   small is refused with advice instead of making every task depend on the whole volume.
+
+The box geometry (boxes through transforms, index regions, the dask chunks covering a region) is
+in :mod:`lazyreg.regions`; this module builds the graph and holds the task.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import warnings
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import dask.array as da
@@ -37,9 +39,11 @@ from dask.highlevelgraph import HighLevelGraph
 from .errors import LazyregError, LazyregWarning
 from .images import Grid, grid_of, validate_image
 from .io.source import ChunkCache, chunk_cache_bytes, find_source, read_region
+from .regions import ChunkRefs, affine_box, chunk_grids, field_box, index_region, sub_grid
 from .transforms.affine import Affine
 from .transforms.field import DisplacementField
 from .transforms.points import normalize_transforms
+from .validation import check_triple
 
 __all__ = ["apply_transform"]
 
@@ -55,95 +59,7 @@ _INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkB
 #: Pixel types SimpleITK images hold as they are (others are converted to float before resampling).
 _SITK_PIXEL_TYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64))
 
-_CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=float)
-
-
-# --------------------------------------------------------------------------- boxes
-
-
-def _box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    return lo + _CORNERS * (hi - lo)
-
-
-def _affine_box(matrix: np.ndarray, box: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    pts = _box_corners(*box) @ matrix[:3, :3].T + matrix[:3, 3]
-    return pts.min(0), pts.max(0)
-
-
-def _index_region(g: Grid, box: tuple[np.ndarray, np.ndarray], margin: int) -> tuple[slice, slice, slice] | None:
-    """Index slices of grid ``g`` covering the physical box with ``margin`` voxels; None if disjoint."""
-    idx = g.to_index(_box_corners(*box))
-    lo = np.floor(idx.min(0)).astype(np.int64) - margin
-    hi = np.ceil(idx.max(0)).astype(np.int64) + margin + 1
-    lo = np.maximum(lo, 0)
-    hi = np.minimum(hi, g.shape)
-    if np.any(hi <= lo):
-        return None
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
-
-
-def _leaves_buffer(g: Grid, box: tuple[np.ndarray, np.ndarray]) -> bool:
-    """Whether part of the box lies outside the field buffer (continuous index [-0.5, n - 0.5])."""
-    idx = g.to_index(np.stack(box))
-    return bool(np.any(idx[0] < -0.5) or np.any(idx[1] > np.asarray(g.shape) - 0.5))
-
-
-def _field_box(
-    values: np.ndarray, full: Grid, box: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Box widened by the extreme displacements of ``values`` (the field over the box's region)."""
-    dmin = values.reshape(-1, 3).min(0)
-    dmax = values.reshape(-1, 3).max(0)
-    if not (np.all(np.isfinite(dmin)) and np.all(np.isfinite(dmax))):
-        raise LazyregError("transforms: displacement field contains NaN or infinite values")
-    if _leaves_buffer(full, box):
-        dmin, dmax = np.minimum(dmin, 0), np.maximum(dmax, 0)
-    return box[0] + dmin, box[1] + dmax
-
-
-def _sub_grid(g: Grid, region: Sequence[slice]) -> Grid:
-    start = np.array([s.start for s in region])
-    return Grid(tuple(s.stop - s.start for s in region), g.spacing, tuple(g.to_physical(start[None])[0]))
-
-
 # --------------------------------------------------------------------------- graph pieces
-
-
-@dataclass
-class _Refs:
-    """Keys of the chunks of a dask array that cover ``region``, and where each goes."""
-
-    keys: list
-    dst: list
-    src: list
-    shape: tuple
-    dtype: np.dtype
-
-    @classmethod
-    def of(cls, arr: da.Array, region: Sequence[slice]) -> "_Refs":
-        region = tuple(region) + tuple(slice(0, n) for n in arr.shape[len(region):])
-        keys, dst, src = [], [], []
-        per_axis = []
-        for ax, (sl, chunks) in enumerate(zip(region, arr.chunks)):
-            bounds = np.concatenate([[0], np.cumsum(chunks)])
-            hits = []
-            for b in range(len(chunks)):
-                lo, hi = max(sl.start, bounds[b]), min(sl.stop, bounds[b + 1])
-                if hi > lo:
-                    hits.append((b, slice(int(lo - sl.start), int(hi - sl.start)), slice(int(lo - bounds[b]), int(hi - bounds[b]))))
-            per_axis.append(hits)
-        for combo in itertools.product(*per_axis):
-            keys.append((arr.name, *[c[0] for c in combo]))
-            dst.append(tuple(c[1] for c in combo))
-            src.append(tuple(c[2] for c in combo))
-        shape = tuple(s.stop - s.start for s in region)
-        return cls(keys, dst, src, shape, arr.dtype)
-
-    def assemble(self, blocks: list[np.ndarray]) -> np.ndarray:
-        out = np.empty(self.shape, dtype=self.dtype)
-        for b, d, s in zip(blocks, self.dst, self.src):
-            out[d] = b[s]
-        return out
 
 
 @dataclass
@@ -155,7 +71,7 @@ class _Step:
     values: np.ndarray | None = None  # concrete field values over ``region`` (numpy-backed fields)
     full: Grid | None = None  # the whole field grid
     region: tuple | None = None  # field index region this task uses (None: whole field)
-    refs: _Refs | None = None  # chunks the task receives for a lazy value
+    refs: ChunkRefs | None = None  # chunks the task receives for a lazy value
     max_displacement: np.ndarray | None = None
 
 
@@ -171,9 +87,8 @@ class _Plan:
     dtype: np.dtype
     threads: int
     region: tuple | None = None  # moving index region, when known at build time
-    moving_refs: _Refs | None = None
+    moving_refs: ChunkRefs | None = None
     source: tuple | None = None  # (start, step): the task receives the Source and reads its region
-    extra: dict = dc_field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- the task
@@ -195,7 +110,7 @@ def _concrete_steps(plan: _Plan, dep_blocks: list[list[np.ndarray]]) -> list[tup
                 continue
             vals = st.values if st.refs is None else st.refs.assemble(next(it))
             region = st.region if st.region is not None else tuple(slice(0, n) for n in st.full.shape)
-            out.append(("field", vals, _sub_grid(st.full, region)))
+            out.append(("field", vals, sub_grid(st.full, region)))
     return out
 
 
@@ -203,9 +118,9 @@ def _box_through(steps: list[tuple[str, Any, Any]], plan: _Plan, box):
     """Push the output chunk's box through concrete steps (last first); check stated bounds."""
     for (kind, a, g), st in zip(reversed(steps), reversed(plan.steps)):
         if kind == "affine":
-            box = _affine_box(a, box)
+            box = affine_box(a, box)
         elif a is not None:
-            new = _field_box(a, st.full, box)
+            new = field_box(a, st.full, box)
             if st.max_displacement is not None:
                 if np.any(box[0] - new[0] > st.max_displacement + 1e-9) or np.any(new[1] - box[1] > st.max_displacement + 1e-9):
                     raise LazyregError(
@@ -299,10 +214,9 @@ def _resample_chunk(plan: _Plan, moving: Any, *dep_blocks: list) -> np.ndarray:
     """One output chunk. ``moving`` is the Source when ``plan.source`` is set, else the moving blocks."""
     steps = _concrete_steps(plan, list(dep_blocks))
     region = plan.region
-    lo = np.asarray(plan.out.origin)
-    box = (lo, lo + (np.asarray(plan.out.shape) - 1) * np.asarray(plan.out.spacing))
+    box = plan.out.extent
     if region is None:  # lazy transforms: the region is known now
-        region = _index_region(plan.moving, _box_through(steps, plan, box), MARGIN[plan.order])
+        region = index_region(plan.moving, _box_through(steps, plan, box), MARGIN[plan.order])
         if region is None:
             return np.full(plan.out.shape, plan.fill_value, dtype=plan.dtype)
     elif any(st.max_displacement is not None for st in plan.steps):
@@ -313,20 +227,8 @@ def _resample_chunk(plan: _Plan, moving: Any, *dep_blocks: list) -> np.ndarray:
         values = plan.moving_refs.assemble(moving)[region]
     else:
         values = plan.moving_refs.assemble(moving)
-    return resample_array(
-        values,
-        _sub_grid(plan.moving, region),
-        plan.out,
-        steps,
-        order=plan.order,
-        fill_value=plan.fill_value,
-        dtype=plan.dtype,
-        threads=plan.threads,
-    )
-
-
-def _fill_chunk(shape: tuple, fill_value: float, dtype: np.dtype) -> np.ndarray:
-    return np.full(shape, fill_value, dtype=dtype)
+    return resample_array(values, sub_grid(plan.moving, region), plan.out, steps, order=plan.order,
+                          fill_value=plan.fill_value, dtype=plan.dtype, threads=plan.threads)
 
 
 # --------------------------------------------------------------------------- graph building
@@ -351,14 +253,6 @@ def _default_chunks(fixed: Grid, moving: xr.DataArray, dtype: np.dtype, chunks: 
         raise LazyregError(f"chunks: {e}") from None
 
 
-def _chunk_grids(g: Grid, chunks: tuple):
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in chunks]
-    for idx in itertools.product(*[range(len(c)) for c in chunks]):
-        start = np.array([starts[a][i] for a, i in enumerate(idx)])
-        shape = tuple(int(chunks[a][i]) for a, i in enumerate(idx))
-        yield idx, Grid(shape, g.spacing, tuple(g.to_physical(start[None])[0]))
-
-
 @dataclass
 class _Prepared:
     """A transform of the list, prepared once for every chunk."""
@@ -372,7 +266,7 @@ class _Prepared:
     max_displacement: np.ndarray | None = None
 
 
-def _prepare(transforms: list, max_displacement: Any) -> list[_Prepared]:
+def _prepare(transforms: list, max_displacement: np.ndarray | None) -> list[_Prepared]:
     out = []
     for t in transforms:
         if isinstance(t, Affine):
@@ -385,12 +279,7 @@ def _prepare(transforms: list, max_displacement: Any) -> list[_Prepared]:
             full = t.grid
             if isinstance(data, da.Array):
                 arr = data.rechunk({3: 3})
-                md = None
-                if max_displacement is not None:
-                    md = np.broadcast_to(np.asarray(max_displacement, dtype=float), (3,)).copy()
-                    if np.any(md < 0) or not np.all(np.isfinite(md)):
-                        raise LazyregError(f"max_displacement: expected non-negative finite values, got {max_displacement!r}")
-                out.append(_Prepared("field", True, array=arr, full=full, max_displacement=md))
+                out.append(_Prepared("field", True, array=arr, full=full, max_displacement=max_displacement))
             else:
                 vals = np.asarray(data)
                 if not np.all(np.isfinite(vals)):
@@ -399,28 +288,27 @@ def _prepare(transforms: list, max_displacement: Any) -> list[_Prepared]:
     return out
 
 
-def _plan_steps(prepared: list[_Prepared], box) -> tuple[list[_Step], list[_Refs], Any]:
+def _plan_steps(prepared: list[_Prepared], box) -> tuple[list[_Step], list[ChunkRefs], Any]:
     """Steps for one chunk, the lazy dependencies they need, and the moving box (None if unknown)."""
     steps: list[_Step | None] = [None] * len(prepared)
-    refs: list[_Refs | None] = [None] * len(prepared)
+    refs: list[ChunkRefs | None] = [None] * len(prepared)
     for i in reversed(range(len(prepared))):
         p = prepared[i]
         if p.kind == "affine":
             if p.lazy:
-                refs[i] = _Refs.of(p.array, (slice(0, 4), slice(0, 4)))
+                refs[i] = ChunkRefs.of(p.array, (slice(0, 4), slice(0, 4)))
                 steps[i] = _Step("affine", refs=refs[i])
                 box = None
             else:
                 steps[i] = _Step("affine", matrix=p.matrix)
-                box = _affine_box(p.matrix, box) if box is not None else None
+                box = affine_box(p.matrix, box) if box is not None else None
             continue
-        region = None if box is None else _index_region(p.full, box, 1)
+        region = None if box is None else index_region(p.full, box, 1)
         if box is not None and region is None:
             steps[i] = _Step("field", full=p.full)  # the box misses the field: nothing is displaced
             continue
         if p.lazy:
-            full_region = tuple(slice(0, n) for n in p.full.shape)
-            refs[i] = _Refs.of(p.array, region if region is not None else full_region)
+            refs[i] = ChunkRefs.of(p.array, region if region is not None else ())  # () is the whole field
             steps[i] = _Step("field", full=p.full, region=region, refs=refs[i], max_displacement=p.max_displacement)
             if box is not None and p.max_displacement is not None:
                 box = (box[0] - p.max_displacement, box[1] + p.max_displacement)
@@ -432,7 +320,7 @@ def _plan_steps(prepared: list[_Prepared], box) -> tuple[list[_Step], list[_Refs
             vals = p.values[region]
             steps[i] = _Step("field", values=vals, full=p.full, region=region)
             if box is not None:
-                box = _field_box(vals, p.full, box)
+                box = field_box(vals, p.full, box)
     return steps, [r for r in refs if r is not None], box
 
 
@@ -440,6 +328,13 @@ def _check_order(order: Any) -> int:
     if order not in MARGIN or isinstance(order, bool):
         raise LazyregError(f"order: expected 0 (nearest), 1 (linear) or 3 (cubic), got {order!r}")
     return int(order)
+
+
+def _check_max_displacement(value: Any) -> np.ndarray | None:
+    md = None if value is None else np.array(check_triple(value, "max_displacement", "the bound"))
+    if md is not None and np.any(md < 0):
+        raise LazyregError(f"max_displacement: expected non-negative values, got {value!r}")
+    return md
 
 
 def apply_transform(
@@ -520,7 +415,7 @@ def apply_transform(
     dtype = np.dtype(moving.dtype)
     fill_cast = _cast(np.array([fill]), dtype)[0]
     out_chunks = _default_chunks(g_out, moving, dtype, chunks)
-    prepared = _prepare(transforms, max_displacement)
+    prepared = _prepare(transforms, _check_max_displacement(max_displacement))
 
     mov_arr = moving.data
     if not isinstance(mov_arr, da.Array):
@@ -534,7 +429,7 @@ def apply_transform(
     )
     dsk: dict = {}
     deps: list[da.Array] = [p.array for p in prepared if p.array is not None]
-    whole_moving: _Refs | None = None
+    whole_moving: ChunkRefs | None = None
     src_key = None
     if source is not None:  # one reader per process, shared by the tasks that read regions (see ChunkCache)
         cache_bytes = chunk_cache_bytes()
@@ -542,24 +437,22 @@ def apply_transform(
         dsk[src_key] = (ChunkCache, source[0], cache_bytes)
     else:
         deps.append(mov_arr)
-    for idx, g_chunk in _chunk_grids(g_out, out_chunks):
-        lo = np.asarray(g_chunk.origin)
-        box = (lo, lo + (np.asarray(g_chunk.shape) - 1) * np.asarray(g_chunk.spacing))
-        steps, refs, box = _plan_steps(prepared, box)
+    for idx, g_chunk in chunk_grids(g_out, out_chunks):
+        steps, refs, box = _plan_steps(prepared, g_chunk.extent)
         plan = _Plan(g_chunk, g_mov, steps, order, fill_cast, dtype, threads)
         key = (name, *idx)
         dep_keys = [r.keys for r in refs]
         if box is not None:
-            region = _index_region(g_mov, box, MARGIN[order])
+            region = index_region(g_mov, box, MARGIN[order])
             if region is None:
-                dsk[key] = (_fill_chunk, g_chunk.shape, fill_cast, dtype)
+                dsk[key] = (np.full, g_chunk.shape, fill_cast, dtype)  # the chunk maps outside moving
                 continue
             plan.region = region
         if source is not None:  # the task reads its region from the store (known now or in the task)
             plan.source = (source[1], source[2])
             dsk[key] = (_resample_chunk, plan, src_key, *dep_keys)
         elif box is not None:
-            plan.moving_refs = _Refs.of(mov_arr, region)
+            plan.moving_refs = ChunkRefs.of(mov_arr, region)
             dsk[key] = (_resample_chunk, plan, plan.moving_refs.keys, *dep_keys)
         else:
             if whole_moving is None:
@@ -574,11 +467,11 @@ def apply_transform(
     return out
 
 
-def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> tuple[da.Array, _Refs]:
+def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> tuple[da.Array, ChunkRefs]:
     """Every task depends on the whole moving image: free when it is in memory already."""
     if not isinstance(moving.data, da.Array):
         whole = da.from_array(np.asarray(moving.data), chunks=moving.shape, name=mov_arr.name + "-whole")
-        return whole, _Refs.of(whole, tuple(slice(0, n) for n in whole.shape))
+        return whole, ChunkRefs.of(whole, tuple(slice(0, n) for n in whole.shape))
     if mov_arr.nbytes > SMALL_MOVING_BYTES:
         raise LazyregError(
             "moving: the transforms are lazy, so which moving voxels each output chunk needs is known only "
@@ -593,7 +486,7 @@ def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> tuple[da.Arra
         LazyregWarning,
         stacklevel=3,
     )
-    return mov_arr, _Refs.of(mov_arr, tuple(slice(0, n) for n in mov_arr.shape))
+    return mov_arr, ChunkRefs.of(mov_arr, tuple(slice(0, n) for n in mov_arr.shape))
 
 
 def _token(p: _Prepared) -> Any:

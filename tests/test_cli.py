@@ -171,15 +171,13 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
 
 # ---------------------------------------------------------------------------------- apply, invert
 @pytest.mark.slow
-def test_apply_on_a_running_scheduler_matches_apply_transform(pair, tmp_path, capsys, monkeypatch):
-    from distributed import LocalCluster
-
+def test_apply_on_a_running_scheduler_matches_apply_transform(pair, tmp_path, capsys, monkeypatch, local_cluster):
     out = tmp_path / "applied.ome.zarr"
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
-        r = run("apply", pair.fix, pair.mov, "-t", pair.affine, "-t", pair.field, "-o", out,
-                "--scheduler", cluster.scheduler_address, "--report", tmp_path / "apply.json")
+    address = local_cluster.scheduler_address  # the session's cluster: 2 worker processes x 1 thread
+    r = run("apply", pair.fix, pair.mov, "-t", pair.affine, "-t", pair.field, "-o", out,
+            "--scheduler", address, "--report", tmp_path / "apply.json")
     assert r.returncode == 0, r.stderr
-    assert f"dask: scheduler {cluster.scheduler_address}, 1 workers, 2 threads" in r.stderr
+    assert f"dask: scheduler {address}, 2 workers, 2 threads" in r.stderr
     assert "resampling: " in r.stderr
     fixed, moving = lazyreg.open_image(pair.fix), lazyreg.open_image(pair.mov)
     transforms = [lazyreg.load_transform(pair.affine), lazyreg.load_transform(pair.field)]
@@ -299,10 +297,10 @@ def test_yaml_steps_without_pyyaml_suggest_json(pair, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert one_line(err) and "PyYAML" in err and "JSON" in err
     # JSON step files and comma-separated names never need it
-    from lazyreg.cli import _read_steps
+    from lazyreg.cli.inputs import read_steps
 
-    assert _read_steps(str(pair.dir / "steps.json")) == [("ransac", {"blob_sizes": [2, 8]}), ("affine", {})]
-    assert _read_steps("ransac, affine") == [("ransac", {}), ("affine", {})]
+    assert read_steps(str(pair.dir / "steps.json")) == [("ransac", {"blob_sizes": [2, 8]}), ("affine", {})]
+    assert read_steps("ransac, affine") == [("ransac", {}), ("affine", {})]
 
 
 def test_a_failed_run_is_exit_code_1_and_leaves_no_output(pair, tmp_path, capsys):
@@ -410,8 +408,8 @@ def test_results_computed_together_keep_their_order():
     import dask
     import dask.array as da
 
-    from lazyreg.cli import _compute_together
+    from lazyreg.cli.session import compute_together
 
     a, b, c = da.ones(2, chunks=1), dask.delayed(list)([1, 2]), da.zeros((1, 1), chunks=1)
-    x, y, z = _compute_together(a, b, c)
+    x, y, z = compute_together(a, b, c)
     assert x.shape == (2,) and y == [1, 2] and z.shape == (1, 1)

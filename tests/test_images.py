@@ -1,4 +1,4 @@
-"""Tests for lazyreg.image: coordinates, grids and validation."""
+"""Tests for lazyreg.images: coordinates, grids, validation and masks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import xarray as xr
 
 import lazyreg
 from lazyreg import LazyregError
-from lazyreg.images import Grid, grid_of
+from lazyreg.images import Grid, check_mask, grid_of
+from lazyreg.testing import count_tasks
 
 
 def _img(shape=(4, 5, 6), spacing=(2.0, 0.5, 0.25), origin=(10.0, -3.0, 7.5)):
@@ -67,11 +68,13 @@ def test_dask_data_stays_lazy():
         return np.ones((4, 4, 4))
 
     arr = da.from_delayed(dask.delayed(make)(), shape=(4, 4, 4), dtype=float)
-    img = lazyreg.image(arr, 1.0)
-    lazyreg.validate_image(img)
-    lazyreg.spacing(img), lazyreg.origin(img), grid_of(img)
+    with count_tasks() as c:
+        img = lazyreg.image(arr, 1.0)
+        lazyreg.validate_image(img)
+        lazyreg.spacing(img), lazyreg.origin(img), grid_of(img)
+        check_mask(img > 0, img, "mask")
     assert isinstance(img.data, da.Array)
-    assert calls == []
+    assert calls == [] and c.n == 0
 
 
 def test_grid_without_data():
@@ -88,6 +91,51 @@ def test_grid_dataclass_index_physical_round_trip():
     np.testing.assert_allclose(g.to_index(g.to_physical(idx)), idx)
     np.testing.assert_allclose(g.to_physical([[1, 1, 1]]), [[12.0, -2.5, 7.75]])
     assert grid_of(_img()) == g
+    assert lazyreg.Grid is Grid  # public
+    lo, hi = g.extent  # first and last voxel centres
+    np.testing.assert_array_equal(lo, [10.0, -3.0, 7.5])
+    np.testing.assert_allclose(hi, [16.0, -1.0, 8.75])
+    assert Grid((4, 5, 6), 2, 1) == Grid((4, 5, 6), (2.0, 2.0, 2.0), (1.0, 1.0, 1.0))  # broadcast, as floats
+    for k, v in g.coords().items():
+        np.testing.assert_array_equal(v, _img()[k].values)
+    with pytest.raises(LazyregError, match="^spacing"):
+        Grid((4, 5, 6), (1.0, 0.0, 1.0))
+    with pytest.raises(LazyregError, match="^origin"):
+        Grid((4, 5, 6), 1.0, (0.0, np.inf, 0.0))
+
+
+def test_grid_image_needs_three_sizes():
+    with pytest.raises(LazyregError, match=r"^shape: expected 3 sizes"):
+        lazyreg.grid((10, 20), spacing=1.0)
+
+
+# ---------------------------------------------------------------------------------- masks
+
+
+def test_check_mask_accepts_boolean_and_integer_masks_on_the_grid():
+    img = _img()
+    assert check_mask(None, img, "fixed_mask") is None
+    m = img > 5
+    assert check_mask(m, img, "fixed_mask", "fixed") is m
+    assert check_mask(m.astype(np.uint8), img, "fixed_mask") is not None
+    lazy = lazyreg.image(da.ones(img.shape, dtype=bool, chunks=2), lazyreg.spacing(img), lazyreg.origin(img))
+    assert check_mask(lazy, img, "fixed_mask") is lazy
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda img: np.ones(img.shape, bool), r"^moving_mask: expected an xarray.DataArray"),
+        (lambda img: img.astype(np.float32), r"^moving_mask: expected a boolean mask .* got dtype float32"),
+        (lambda img: (img > 0)[1:], r"^moving_mask: the mask's grid .* differs from the grid of moving"),
+        (lambda img: lazyreg.image(np.ones(img.shape, bool), 1.0, lazyreg.origin(img)), r"grid of moving"),
+        (lambda img: (img > 0).assign_coords(z=img.z.values + 0.5), r"grid of moving"),
+    ],
+)
+def test_check_mask_names_the_mask_and_the_problem(make, message):
+    img = _img()
+    with pytest.raises(LazyregError, match=message):
+        check_mask(make(img), img, "moving_mask", "moving")
 
 
 @pytest.mark.parametrize(

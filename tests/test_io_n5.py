@@ -9,22 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorstore as ts
-from dask.callbacks import Callback
 
 import lazyreg
 from lazyreg import LazyregError, open_image
 from lazyreg.io import n5 as n5_module
 from lazyreg.io.n5 import N5Source
 from lazyreg.io.source import find_source
-
-
-class _TaskCounter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def _pretask(self, key, dsk, state):
-        self.n += 1
+from lazyreg.testing import count_tasks
 
 
 def _write_n5(dataset: Path, values: np.ndarray, block=(4, 8, 8), **attrs) -> None:
@@ -98,7 +89,7 @@ def test_tutorial_open_reads_no_data(tutorial_dir, monkeypatch):
     reads = []
     original = N5Source.read
     monkeypatch.setattr(N5Source, "read", lambda self, index: reads.append(index) or original(self, index))
-    with _TaskCounter() as counter:
+    with count_tasks() as counter:
         img = open_image(tutorial_dir / "fix.n5", group="lowres")
         cropped = img[10:50, ::2] * 2.0 + 1
         smaller = cropped.mean("z")

@@ -14,11 +14,13 @@ import zarr
 from dask.delayed import Delayed
 
 import lazyreg
+import lazyreg.io.omezarr
+import lazyreg.io.zarr_read
 from lazyreg import LazyregError, open_image, to_zarr
-from lazyreg.io.omezarr import ZarrSource, read_ome_zarr, write_ome_zarr
+from lazyreg.io.omezarr import write_ome_zarr
 from lazyreg.io.source import find_source
-
-from _helpers import counting_image
+from lazyreg.io.zarr_read import ZarrSource, read_ome_zarr
+from lazyreg.testing import count_tasks, counting_image
 
 
 def _volume(shape=(12, 20, 30), dtype=np.float32, seed=0) -> np.ndarray:
@@ -113,11 +115,14 @@ def test_to_zarr_round_trip_is_exact_and_metadata_is_ome_05(tmp_path):
 
 def test_to_zarr_streams_a_lazy_image_chunk_by_chunk(tmp_path):
     values = _volume((32, 48, 40), dtype=np.uint16)
-    img, src = counting_image(lazyreg.image(values, spacing=(3, 1, 1), origin=(1, 2, 3)), chunks=(16, 16, 16))
-    delayed = to_zarr(img, tmp_path / "s.ome.zarr", compute=False)
-    assert src.reads == []  # building the write reads nothing
-    delayed.compute()
-    assert len(src.reads) == 2 * 3 * 3 and len(set(map(str, src.reads))) == len(src.reads)  # each chunk once
+    img, log = counting_image(lazyreg.image(values, spacing=(3, 1, 1), origin=(1, 2, 3)), chunks=(16, 16, 16))
+    with count_tasks() as built:
+        delayed = to_zarr(img, tmp_path / "s.ome.zarr", compute=False)
+    assert log.reads == [] and built.n == 0  # building the write reads and runs nothing
+    with count_tasks() as ran:
+        delayed.compute()
+    assert len(log.reads) == 2 * 3 * 3 and len(set(map(str, log.reads))) == len(log.reads)  # each chunk once
+    assert ran.named("lazyreg-finalize-") == 1  # the metadata are written once, after the chunks
     back = open_image(tmp_path / "s.ome.zarr")
     np.testing.assert_array_equal(back.values, values)
     assert back.data.chunksize == (16, 16, 16)
@@ -382,3 +387,10 @@ def test_zarr_group_without_multiscales_lists_its_members(tmp_path):
     assert open_image(tmp_path / "g.zarr", group="raw", spacing=1.0).shape == (2, 3, 4)
     with pytest.raises(LazyregError, match=r"group: 'missing' is not in .*arrays \['raw'\]"):
         open_image(tmp_path / "g.zarr", group="missing")
+
+
+def test_reading_names_stay_importable_from_omezarr():
+    for name in ("ZarrSource", "OmeZarrArray", "is_zarr", "open_zarr", "read_ome_zarr"):
+        assert getattr(lazyreg.io.omezarr, name) is getattr(lazyreg.io.zarr_read, name)
+        assert name in lazyreg.io.omezarr.__all__
+    assert lazyreg.to_zarr is lazyreg.io.omezarr.to_zarr

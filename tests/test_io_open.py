@@ -11,20 +11,11 @@ import pytest
 import tensorstore as ts
 import tifffile
 import zarr
-from dask.callbacks import Callback
 
 import lazyreg
 from lazyreg import LazyregError, open_image, to_zarr
 from lazyreg.io.source import Source, find_source
-
-
-class _TaskCounter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def _pretask(self, key, dsk, state):
-        self.n += 1
+from lazyreg.testing import count_tasks
 
 
 VALUES = np.random.default_rng(7).integers(0, 1000, (10, 12, 14)).astype(np.uint16)
@@ -67,7 +58,7 @@ def test_every_format_opens_lazily_with_exact_values_and_spacing(tmp_path, fmt, 
     reads = []
     original = Source.__getitem__
     monkeypatch.setattr(Source, "__getitem__", lambda self, index: reads.append(index) or original(self, index))
-    with _TaskCounter() as counter:
+    with count_tasks() as counter:
         img = open_image(path, **kw)
         derived = (img[1:, ::2] * 2).mean(("y", "x"))
         assert derived.shape == (9,)
@@ -155,15 +146,14 @@ def test_name_defaults_to_the_file_name(tmp_path):
 
 
 @pytest.mark.slow
-def test_distributed_workers_read_and_write_zarr_n5_and_tiff(tmp_path):
-    from distributed import Client, LocalCluster
+def test_distributed_workers_read_and_write_zarr_n5_and_tiff(tmp_path, local_cluster):
+    from distributed import Client
 
     opened = [open_image(p, **kw) for p, kw in (_make(f, tmp_path) for f in FORMATS)]
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster):
-            means = [float(img.mean().compute()) for img in opened]
-            window = float(opened[2][3:8, 2:9, 1:13].astype("float64").sum().compute())
-            out = to_zarr(opened[2][1:] + 1, tmp_path / "from_worker.ome.zarr")  # N5 -> OME-Zarr on the worker
+    with Client(local_cluster):
+        means = [float(img.mean().compute()) for img in opened]
+        window = float(opened[2][3:8, 2:9, 1:13].astype("float64").sum().compute())
+        out = to_zarr(opened[2][1:] + 1, tmp_path / "from_worker.ome.zarr")  # N5 -> OME-Zarr on the workers
     assert means == pytest.approx([float(VALUES.mean())] * len(FORMATS), rel=1e-12)
     assert window == float(VALUES[3:8, 2:9, 1:13].astype("float64").sum())
     back = open_image(out)

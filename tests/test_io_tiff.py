@@ -7,21 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import tifffile
-from dask.callbacks import Callback
 
 import lazyreg
 from lazyreg import LazyregError, open_image
 from lazyreg.io.source import find_source
 from lazyreg.io.tiff import TiffSource
-
-
-class _TaskCounter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def _pretask(self, key, dsk, state):
-        self.n += 1
+from lazyreg.testing import count_tasks
 
 
 def _volume(shape=(7, 20, 24), dtype=np.uint16, seed=0) -> np.ndarray:
@@ -131,7 +122,7 @@ def test_open_is_lazy_and_pages_are_grouped_into_chunks(tmp_path, monkeypatch):
     reads = []
     original = TiffSource.read
     monkeypatch.setattr(TiffSource, "read", lambda self, index: reads.append(index) or original(self, index))
-    with _TaskCounter() as counter:
+    with count_tasks() as counter:
         img = open_image(tmp_path / "a.tif")
         lazy = (img[::2] + 1).sum("z")
     assert counter.n == 0 and reads == [] and lazy.shape == (32, 32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import dask.array as da
@@ -11,6 +12,7 @@ import pytest
 import lazyreg
 import lazyreg.data
 from lazyreg import LazyregError
+from lazyreg.testing import counting_image
 
 pytest.importorskip("matplotlib")
 import matplotlib.image  # noqa: E402
@@ -62,21 +64,17 @@ def _assert_png_not_blank(path):
     assert inked > 0.05, f"only {inked:.1%} of the pixels carry data"
 
 
-def _mid_raising(img, chunks=(4, 8, 8)):
-    """A dask copy of ``img`` whose chunks raise unless they cross a mid-plane; records the reads."""
-    values = np.asarray(img.values)
-    mid = [n // 2 for n in values.shape]
-    reads = []
+def _drawn_rgb(fig):
+    """The RGB pixels drawn on every axes of ``fig``, one row per pixel."""
+    return np.concatenate([ax.get_images()[0].get_array().reshape(-1, 3) for ax in fig.axes])
 
-    def block(block_info=None):
-        loc = block_info[None]["array-location"]
-        if not any(lo <= m < hi for (lo, hi), m in zip(loc, mid)):
-            raise AssertionError(f"read chunk {loc} that no mid-plane crosses")
-        reads.append(tuple(loc))
-        return values[tuple(slice(lo, hi) for lo, hi in loc)]
 
-    arr = da.map_blocks(block, chunks=da.core.normalize_chunks(chunks, values.shape), dtype=values.dtype)
-    return lazyreg.image(arr, lazyreg.spacing(img), lazyreg.origin(img)), reads
+def _assert_read_only_mid_planes(log, shape):
+    """Every region in ``log`` (a ReadLog) was read once and crosses a mid-plane of ``shape``."""
+    mid = [n // 2 for n in shape]
+    for region in log.reads:
+        assert any(s.start <= m < s.stop for s, m in zip(region, mid)), f"read {region} that no mid-plane crosses"
+    assert len(set(map(str, log.reads))) == len(log.reads), "a region was read twice"
 
 
 # -- the figures -----------------------------------------------------------------------------
@@ -114,8 +112,7 @@ def test_overlay_aligned_is_grey_misaligned_is_coloured(pair, tmp_path):
     with pytest.raises(LazyregError, match="misaligned.png.*overwrite=True"):
         plot.overlay(fixed, moving, path=misaligned)
     # the drawn RGB arrays: magenta (R = B = fixed) and green (G = moving) coincide when aligned
-    rgb_a = np.concatenate([ax.get_images()[0].get_array().reshape(-1, 3) for ax in fig_a.axes])
-    rgb_m = np.concatenate([ax.get_images()[0].get_array().reshape(-1, 3) for ax in fig_m.axes])
+    rgb_a, rgb_m = _drawn_rgb(fig_a), _drawn_rgb(fig_m)
     assert np.array_equal(rgb_a[:, 0], rgb_a[:, 1]) and np.array_equal(rgb_a[:, 0], rgb_a[:, 2])
     assert np.abs(rgb_m[:, 0] - rgb_m[:, 1]).max() > 0.5
 
@@ -131,7 +128,7 @@ def test_overlay_normalises_each_channel(pair):
     fixed, _ = pair
     dim = fixed.astype(np.float32) * 0.01  # same structure, 100x darker: still grey
     fig = plot.overlay(fixed, dim)
-    rgb = np.concatenate([ax.get_images()[0].get_array().reshape(-1, 3) for ax in fig.axes])
+    rgb = _drawn_rgb(fig)
     np.testing.assert_allclose(rgb[:, 0], rgb[:, 1], atol=1e-3)
 
 
@@ -209,16 +206,18 @@ def test_figures_are_outside_pyplot(pair):
 @pytest.mark.parametrize("name", ["orthoslices", "overlay", "checkerboard"])
 def test_lazy_images_read_only_mid_plane_chunks(pair, name):
     fixed, moving = pair
-    lazy_fixed, reads_f = _mid_raising(fixed)
-    lazy_moving, reads_m = _mid_raising(moving)
+    lazy_fixed, fixed_log = counting_image(fixed, chunks=(4, 8, 8))
+    lazy_moving, moving_log = counting_image(moving, chunks=(4, 8, 8))
     if name == "orthoslices":
         fig = plot.orthoslices(lazy_fixed)
         np.testing.assert_array_equal(fig.axes[1].get_images()[0].get_array(), fixed.values[:, 16, :])
     else:
         getattr(plot, name)(lazy_fixed, lazy_moving)
     # 4 x 4 x 4 chunks; the planes cross 3 * 16 - 3 * 4 + 1 = 37 of them, each read at most once
-    assert 0 < len(reads_f) <= 37 and len(set(reads_f)) == len(reads_f)
-    assert len(reads_m) == (0 if name == "orthoslices" else len(set(reads_m)))
+    assert 0 < len(fixed_log.reads) <= 37
+    _assert_read_only_mid_planes(fixed_log, SHAPE)
+    _assert_read_only_mid_planes(moving_log, SHAPE)
+    assert len(moving_log.reads) == (0 if name == "orthoslices" else len(fixed_log.reads))
 
 
 def test_lazy_field_reads_only_mid_plane_chunks(field):
@@ -233,13 +232,17 @@ def test_lazy_field_reads_only_mid_plane_chunks(field):
 
     chunks = da.core.normalize_chunks((4, 8, 8, 3), values.shape)
     lazy = lazyreg.DisplacementField.from_array(da.map_blocks(block, chunks=chunks, dtype=values.dtype), SPACING)
-    lazy_jac, _ = _mid_raising(jac)
+    lazy_jac, jac_log = counting_image(jac, chunks=(4, 8, 8))
     fig = plot.field_slices(lazy, jacobian=lazy_jac)
     np.testing.assert_allclose(fig.axes[0].get_images()[0].get_array(), np.linalg.norm(values[8], axis=-1))
+    assert jac_log.reads
+    _assert_read_only_mid_planes(jac_log, SHAPE)
 
 
 # -- output files ----------------------------------------------------------------------------
-def _builders(pair, field):
+@pytest.fixture
+def builders(pair, field):
+    """Each figure function, with valid inputs bound: name -> function(**options)."""
     fixed, moving = pair
     D, jac = field
     return {
@@ -253,8 +256,8 @@ def _builders(pair, field):
 
 # (overlay: written and refused in test_overlay_aligned_is_grey_misaligned_is_coloured)
 @pytest.mark.parametrize("name", ["orthoslices", "checkerboard", "block_map", "field_slices"])
-def test_written_png_is_not_blank_and_existing_file_is_refused(pair, field, tmp_path, name):
-    build = _builders(pair, field)[name]
+def test_written_png_is_not_blank_and_existing_file_is_refused(builders, tmp_path, name):
+    build = builders[name]
     out = tmp_path / "exists.png"
     out.write_bytes(b"keep me")
     with pytest.raises(LazyregError, match="exists.png.*overwrite=True"):
@@ -353,3 +356,12 @@ def test_missing_matplotlib_is_a_clear_error(pair, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(LazyregError, match=r"needs matplotlib: pip install 'lazyreg\[plot\]'"):
         plot.orthoslices(pair[0])
+    # the package and its modules import without matplotlib (the originals come back afterwards)
+    for name in [m for m in sys.modules if m == "lazyreg.plot" or m.startswith("lazyreg.plot.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(lazyreg, "plot", plot)
+    fresh = importlib.import_module("lazyreg.plot")
+    assert {"figures", "images", "fields", "reports"} <= set(vars(fresh))
+    assert fresh is not plot
+    with pytest.raises(LazyregError, match="needs matplotlib"):
+        fresh.block_map(_report(1, 1, 1))

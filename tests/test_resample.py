@@ -7,22 +7,13 @@ import dask.array as da
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dask.callbacks import Callback
 
 import lazyreg
 from lazyreg import Affine, DisplacementField, LazyregError, LazyregWarning, apply_transform, transform_points
 from lazyreg.images import grid_of
+from lazyreg.testing import assert_images_allclose, count_tasks, counting_image
 
-from _helpers import counting_image, grid_points, scipy_reference, sitk_reference, smooth_volume
-
-
-class TaskCounter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def _pretask(self, key, dsk, state):
-        self.n += 1
+from _helpers import grid_points, scipy_reference, sitk_reference, smooth_volume
 
 
 def _moving(shape=(40, 50, 60), spacing=(2.0, 1.0, 1.2), origin=(-3.0, 5.0, 2.0), chunks=(16, 16, 16), dtype=np.float32, seed=0):
@@ -38,6 +29,12 @@ def _rot30_shear_scale(centre):
 def _centre(img):
     lo, hi = grid_of(img).extent
     return (lo + hi) / 2
+
+
+def _chunk_reads(img):
+    """Keys of graph tasks that read chunks of a store-backed image (the store's own dask array)."""
+    names = [k[0] if isinstance(k, tuple) else str(k) for k in dict(img.data.__dask_graph__())]
+    return [n for n in names if n.startswith(("lazyreg-read-", "original-lazyreg-read-"))]
 
 
 def _assert_matches(lazy, ref, rtol=1e-4):
@@ -97,18 +94,17 @@ def test_integer_output_is_rounded_and_clipped_not_wrapped():
 
 
 def test_fill_value_outside_and_disjoint_chunks_read_nothing():
-    moving, src = counting_image(_moving())
+    moving, log = counting_image(_moving())
     fixed = lazyreg.grid((20, 20, 60), spacing=2.0, origin=(0.0, 0.0, 0.0))
     far = Affine.from_translation((0.0, 0.0, 500.0))
     out = apply_transform(fixed, moving, [far], fill_value=-7, chunks=(10, 10, 10)).values
     assert np.all(out == -7)
-    assert src.reads == []
+    assert log.reads == []
 
 
 def test_identity_on_same_grid_reproduces_moving():
     moving = _moving()
-    out = apply_transform(moving, moving).values
-    np.testing.assert_allclose(out, moving.values, rtol=1e-6)
+    assert_images_allclose(apply_transform(moving, moving), moving, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ fields
@@ -141,11 +137,11 @@ def test_lazy_field_with_store_backed_moving_equals_concrete():
     D = _smooth_field()
     D_lazy = DisplacementField(D.data.chunk({"z": 4, "y": 5, "x": 6}))
     assert D_lazy.is_lazy
-    concrete = apply_transform(fixed, moving_mem, [D], chunks=16).values
-    lazy = apply_transform(fixed, moving, [D_lazy], chunks=16).values
-    _assert_matches(lazy, concrete, rtol=1e-6)
-    bounded = apply_transform(fixed, moving_mem, [D_lazy], chunks=16, max_displacement=3.5).values
-    _assert_matches(bounded, concrete, rtol=1e-6)
+    concrete = apply_transform(fixed, moving_mem, [D], chunks=16)
+    lazy = apply_transform(fixed, moving, [D_lazy], chunks=16)
+    assert_images_allclose(lazy, concrete, rtol=0, atol=1e-6 * float(np.abs(concrete).max()))
+    bounded = apply_transform(fixed, moving_mem, [D_lazy], chunks=16, max_displacement=3.5)
+    assert_images_allclose(bounded, concrete, rtol=0, atol=1e-6 * float(np.abs(concrete).max()))
     with pytest.raises(LazyregError, match="max_displacement"):
         apply_transform(fixed, moving_mem, [D_lazy], chunks=16, max_displacement=0.5).compute()
 
@@ -196,7 +192,7 @@ def test_transform_points_agrees_with_apply_transform():
 
 
 def test_building_reads_nothing_and_runs_nothing_even_with_lazy_affine():
-    moving, src = counting_image(_moving())
+    moving, log = counting_image(_moving())
     calls = []
 
     def solve():
@@ -204,10 +200,10 @@ def test_building_reads_nothing_and_runs_nothing_even_with_lazy_affine():
         return np.asarray(Affine.from_translation((1.0, 2.0, 3.0)).matrix)
 
     lazy_A = Affine(da.from_delayed(dask.delayed(solve)(), shape=(4, 4), dtype=float))
-    with TaskCounter() as counter:
+    with count_tasks() as counter:
         out = apply_transform(moving, moving, [lazy_A.inverse() @ lazy_A @ lazy_A])
         out2 = apply_transform(moving, moving, [Affine.identity()], order=3)
-    assert counter.n == 0 and calls == [] and src.reads == []
+    assert counter.n == 0 and calls == [] and log.reads == []
     assert isinstance(out.data, da.Array) and isinstance(out2.data, da.Array)
     ref = apply_transform(moving, moving, [Affine.from_translation((1.0, 2.0, 3.0))]).values
     _assert_matches(out.values, ref, rtol=1e-6)
@@ -215,16 +211,16 @@ def test_building_reads_nothing_and_runs_nothing_even_with_lazy_affine():
 
 
 def test_lazy_affine_reads_region_from_store_per_task():
-    moving, src = counting_image(_moving(shape=(48, 64, 64)), chunks=(16, 16, 16))
+    moving, log = counting_image(_moving(shape=(48, 64, 64)), chunks=(16, 16, 16))
     lazy_A = Affine(da.from_array(np.asarray(Affine.from_translation((4.0, 0.0, 0.0)).matrix), chunks=4))
     out = apply_transform(moving, moving, [lazy_A], chunks=(16, 16, 16))
     sub = out[:16, :16, :16].values  # one output chunk
     assert sub.shape == (16, 16, 16)
     # translation of 4 um = 2 voxels in z; region = chunk + 1 voxel margin on each side (clipped at 0):
     # z 1:19, y 0:17, x 0:17, read as the whole store chunks that cover it, each once
-    read_chunks = sorted(tuple(s.start // 16 for s in r) for r in src.reads)
+    read_chunks = sorted(tuple(s.start // 16 for s in r) for r in log.reads)
     assert read_chunks == [(z, y, x) for z in (0, 1) for y in (0, 1) for x in (0, 1)]
-    assert all(s.stop - s.start == 16 for r in src.reads for s in r)
+    assert all(s.stop - s.start == 16 for r in log.reads for s in r)
 
 
 @pytest.mark.parametrize("path", ["store", "chunks"])
@@ -238,7 +234,7 @@ def test_read_economy_with_concrete_affine(path):
     other dask image ("chunks", here arithmetic on the store: tasks depend on the moving chunks).
     """
     moving_mem = _moving(shape=(96, 96, 96), spacing=1.0, origin=0.0)
-    moving, src = counting_image(moving_mem, chunks=(16, 16, 16))
+    moving, log = counting_image(moving_mem, chunks=(16, 16, 16))
     if path == "chunks":
         moving = moving + 0  # no longer a pure selection of the store
     A = Affine.from_parameters(rotation=(10.0, 0, 0), center=(48.0, 48.0, 48.0))
@@ -257,29 +253,28 @@ def test_read_economy_with_concrete_affine(path):
                 expected |= {(z, y, x) for z in range(i0[0] // 16, i1[0] // 16 + 1)
                              for y in range(i0[1] // 16, i1[1] // 16 + 1)
                              for x in range(i0[2] // 16, i1[2] // 16 + 1)}
-    read_chunks = [tuple(s.start // 16 for s in r) for r in src.reads]
+    read_chunks = [tuple(s.start // 16 for s in r) for r in log.reads]
     assert len(read_chunks) == len(set(read_chunks))  # each moving chunk read once
     assert set(read_chunks) == expected
     assert len(expected) <= 64 < 216  # 4x4x4 of the 6x6x6 chunks at most, not the whole volume
-    assert all(r[0].stop - r[0].start <= 16 for r in src.reads)  # whole chunks, nothing more
+    assert all(r[0].stop - r[0].start <= 16 for r in log.reads)  # whole chunks, nothing more
 
 
 def test_concrete_transform_on_store_reads_in_task_without_chunk_tasks():
     """Store-backed moving + concrete transforms: the graph is one task per output chunk plus the
     source value; no task reads a moving chunk, so a distributed worker cannot read ahead."""
     moving_mem = _moving(shape=(48, 64, 64))
-    moving, src = counting_image(moving_mem, chunks=(16, 16, 16))
+    moving, log = counting_image(moving_mem, chunks=(16, 16, 16))
     A = _rot30_shear_scale(_centre(moving_mem))
     out = apply_transform(moving, moving, [A], chunks=(16, 32, 32))
     graph = dict(out.data.__dask_graph__())
-    assert not any(isinstance(k, tuple) and str(k[0]).startswith("lazyreg-read-") for k in graph)
-    assert not any(str(k).startswith(("lazyreg-read-", "original-lazyreg-read-")) for k in graph)
+    assert _chunk_reads(out) == []
     n_out = out.data.npartitions
     assert len(graph) == n_out + 1  # output tasks + the source
     # names are deterministic
     assert apply_transform(moving, moving, [A], chunks=(16, 32, 32)).data.name == out.data.name
     res = out.values
-    read_chunks = [tuple(s.start // 16 for s in r) for r in src.reads]
+    read_chunks = [tuple(s.start // 16 for s in r) for r in log.reads]
     assert len(read_chunks) == len(set(read_chunks)) <= 3 * 4 * 4  # each store chunk read once
     ref = apply_transform(moving_mem, moving_mem, [A], chunks=(16, 32, 32)).values  # chunk path
     np.testing.assert_array_equal(res, ref)
@@ -297,88 +292,48 @@ def test_not_store_backed_with_lazy_transform_warns_or_raises(monkeypatch):
         apply_transform(moving, moving, [lazy_A])
     # an in-memory image is used as it is: no warning (LazyregWarning is an error in this suite)
     in_memory = moving.compute()
-    out = apply_transform(in_memory, in_memory, [lazy_A]).values
-    _assert_matches(out, moving.values, rtol=1e-6)
+    assert_images_allclose(apply_transform(in_memory, in_memory, [lazy_A]), in_memory, rtol=1e-6)
 
 
-def test_selection_of_a_source_is_still_store_backed_but_arithmetic_is_not():
-    from lazyreg.io.source import find_source
-
-    moving, src = counting_image(_moving())
-    assert find_source(moving)[1:] == ((0, 0, 0), (1, 1, 1))
+def test_lazy_transform_on_a_selection_of_a_store_reads_the_store():
+    """A sliced, strided and re-chunked store-backed image is still read region by region."""
+    moving, log = counting_image(_moving())
     sub = moving[4:20, ::2].chunk({"z": 4})
-    s = find_source(sub)
-    assert s is not None and s[1] == (4, 0, 0) and s[2] == (1, 2, 1)
-    assert find_source(moving * 2) is None
-    assert find_source(moving.where(moving > 0)) is None
     lazy_A = Affine(da.from_array(np.eye(4), chunks=4))
-    out = apply_transform(sub, sub, [lazy_A]).values
-    _assert_matches(out, sub.values, rtol=1e-6)
+    out = apply_transform(sub, sub, [lazy_A])  # no warning: the tasks read regions of the store
+    assert_images_allclose(out, sub, rtol=1e-6)
+    # whole store chunks (16 rows) around rows 3 to 20 of the selection: never the third z chunk
+    assert log.reads and all(r[0].stop <= 32 for r in log.reads)
 
 
-def test_region_array_reads_exactly_the_region():
-    from lazyreg.io.source import region_array
-
-    moving_mem = _moving()
-    moving, src = counting_image(moving_mem)
-    r = region_array(moving, (slice(3, 21), slice(5, 40), slice(0, 7)))
-    assert r.npartitions == 1 and r.shape == (18, 35, 7) and r.dtype == moving.dtype
-    assert len(dict(r.__dask_graph__())) == 1 and src.reads == []  # one task, nothing read yet
-    assert r.name == region_array(moving, (slice(3, 21), slice(5, 40), slice(0, 7))).name
-    np.testing.assert_array_equal(r.compute(), moving_mem.values[3:21, 5:40, 0:7])
-    assert src.reads == [(slice(3, 21), slice(5, 40), slice(0, 7))]
-    # a selection of the store maps the region back to store indices
-    sub = moving[4:, ::2]
-    r2 = region_array(sub, (slice(1, 3), slice(2, 5)))
-    np.testing.assert_array_equal(r2.compute(), moving_mem.values[4:, ::2][1:3, 2:5])
-    assert src.reads[-1] == (slice(5, 7), slice(4, 9), slice(0, 60))  # rows 4, 6, 8 of the store
-    # not store-backed: a one-chunk slice of the data, in memory or dask
-    for img in (moving_mem, moving_mem.compute(), moving + 0):
-        r3 = region_array(img, (slice(2, 9),))
-        assert r3.npartitions == 1
-        np.testing.assert_array_equal(r3.compute(), moving_mem.values[2:9])
-
-
-def test_chunk_cache_reads_whole_chunks_once_and_stays_bounded():
-    import pickle
-
-    from lazyreg.io.source import ChunkCache
-
-    moving_mem = _moving(shape=(40, 50, 60))  # float32, 16^3 chunks of 16 KiB
-    _, src = counting_image(moving_mem)
-    cache = ChunkCache(src, max_bytes=4 * 16**3 * 4)  # room for 4 chunks
-    v = moving_mem.values
-    np.testing.assert_array_equal(cache[3:20, 5:40:3, 17], v[3:20, 5:40:3, 17])
-    first = len(src.reads)
-    assert first == 2 * 3 * 1 and len(cache._blocks) == 4 and cache._nbytes <= cache.max_bytes
-    np.testing.assert_array_equal(cache[16:20, 32:40, 16:20], v[16:20, 32:40, 16:20])  # last chunk: cached
-    assert len(src.reads) == first
-    copy = pickle.loads(pickle.dumps(cache))
-    assert copy._blocks == {} and copy.max_bytes == cache.max_bytes  # a copy starts empty
-    np.testing.assert_array_equal(copy[30:40, 40:50, 50:60], v[30:40, 40:50, 50:60])  # edge chunks
+def _stored(img, path):
+    """``img`` written to an OME-Zarr store and reopened: a store-backed image worker processes can read."""
+    lazyreg.to_zarr(img, path)
+    return lazyreg.open_image(path)
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "distributed"])
-def test_concrete_store_backed_equals_chunk_path_threads_and_cluster(scheduler):
-    from contextlib import ExitStack
-
+def test_concrete_store_backed_equals_chunk_path_threads_and_cluster(scheduler, request, tmp_path):
     moving_mem = _moving()
-    moving, src = counting_image(moving_mem)
     A = _rot30_shear_scale(_centre(moving_mem))
     D = DisplacementField.from_array(np.full((6, 7, 8, 3), 0.7, dtype=np.float32), spacing=8.0, origin=(0.0, 0.0, 0.0))
     fixed = lazyreg.grid((30, 45, 50), spacing=(1.5, 1.1, 1.3), origin=(1.0, 2.0, 3.0))
-    with ExitStack() as stack:
-        if scheduler == "distributed":
-            from distributed import Client, LocalCluster
+    if scheduler == "distributed":
+        from distributed import Client
 
-            cl = stack.enter_context(LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None))
-            stack.enter_context(Client(cl))
-        for order in (1, 3):
-            got = apply_transform(fixed, moving, [A, D], chunks=16, order=order).values
-            ref = apply_transform(fixed, moving_mem, [A, D], chunks=16, order=order).values  # chunk path
-            np.testing.assert_array_equal(got, ref)
-    assert src.reads  # the store was read, by the tasks
-    _assert_matches(got, sitk_reference(fixed, moving_mem, _sitk_composite(A, D), order=3), rtol=1e-3)
+        # reads happen in the worker processes, where a counting_image cannot record them: a real store
+        moving, log = _stored(moving_mem, tmp_path / "moving.ome.zarr"), None
+        client = Client(request.getfixturevalue("local_cluster"))
+        request.addfinalizer(client.close)
+    else:
+        moving, log = counting_image(moving_mem)
+    for order in (1, 3):
+        got = apply_transform(fixed, moving, [A, D], chunks=16, order=order)
+        assert _chunk_reads(got) == []  # the tasks read their regions themselves
+        ref = apply_transform(fixed, moving_mem, [A, D], chunks=16, order=order)  # chunk path
+        assert_images_allclose(got, ref, rtol=0)
+    assert log is None or log.reads  # the store was read, by the tasks
+    _assert_matches(got.values, sitk_reference(fixed, moving_mem, _sitk_composite(A, D), order=3), rtol=1e-3)
 
 
 def _sitk_composite(A, D):
@@ -388,18 +343,17 @@ def _sitk_composite(A, D):
     return comp
 
 
-@pytest.mark.slow
-def test_distributed_matches_threaded():
-    from distributed import Client, LocalCluster
+def test_lazy_affine_on_a_cluster_matches_threaded(local_cluster, tmp_path):
+    from distributed import Client
 
     moving_mem = _moving()
-    moving, _ = counting_image(moving_mem)
+    moving = _stored(moving_mem, tmp_path / "moving.ome.zarr")
     lazy_A = Affine(da.from_array(np.asarray(_rot30_shear_scale(_centre(moving_mem)).matrix), chunks=4))
     fixed = lazyreg.grid((30, 45, 50), spacing=(1.5, 1.1, 1.3), origin=(1.0, 2.0, 3.0))
-    threaded = apply_transform(fixed, moving_mem, [lazy_A.compute()], chunks=16).values
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl, Client(cl):
-        dist = apply_transform(fixed, moving, [lazy_A], chunks=16).values
-    np.testing.assert_array_equal(dist, threaded)
+    threaded = apply_transform(fixed, moving_mem, [lazy_A.compute()], chunks=16).compute(scheduler="threads")
+    with Client(local_cluster):
+        dist = apply_transform(fixed, moving, [lazy_A], chunks=16).compute()
+    assert_images_allclose(dist, threaded, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -427,6 +381,9 @@ def test_bad_inputs_give_clear_errors():
         apply_transform(moving, moving, fill_value="zero")
     with pytest.raises(LazyregError):
         DisplacementField(moving)  # no vector dim
+    for bad in (-1.0, (1.0, 2.0), "far", np.nan, (1.0, -1.0, 0.0)):
+        with pytest.raises(LazyregError, match="^max_displacement: "):
+            apply_transform(moving, moving, max_displacement=bad)  # checked before any graph, lazy field or not
 
 
 def test_chunk_cache_size_from_dask_config():
@@ -441,11 +398,11 @@ def test_chunk_cache_size_from_dask_config():
     A = Affine.from_parameters(rotation=(10.0, 0, 0), center=_centre(moving_mem))
     results, decodes = {}, {}
     for size in ("64 KiB", "1 MiB"):
-        moving, src = counting_image(moving_mem, chunks=(16, 16, 16))
+        moving, log = counting_image(moving_mem, chunks=(16, 16, 16))
         with dask.config.set({"lazyreg.chunk-cache-bytes": size}):
             out = apply_transform(moving, moving, [A], chunks=(16, 16, 16))
         results[size] = out.values  # the value was read when the graph was built
-        decodes[size] = len(src.reads)
+        decodes[size] = len(log.reads)
     np.testing.assert_array_equal(results["64 KiB"], results["1 MiB"])
     assert decodes["1 MiB"] == 48 < decodes["64 KiB"]  # 4 chunks cached vs the whole image
     for bad in ("lots", -1):

@@ -7,22 +7,11 @@ import dask.array as da
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dask.callbacks import Callback
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lazyreg import Affine, DisplacementField, LazyregError
-
-
-class TaskCounter(Callback):
-    """Counts dask tasks run while active."""
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def _pretask(self, key, dsk, state):
-        self.n += 1
+from lazyreg.testing import count_tasks
 
 
 def _random_affine(seed: int) -> np.ndarray:
@@ -307,7 +296,7 @@ def _lazy(matrix: np.ndarray, calls: list) -> Affine:
 def test_lazy_affine_build_compose_invert_compute_nothing():
     calls: list = []
     ma, mb = _random_affine(3), _random_affine(4)
-    with TaskCounter() as tc:
+    with count_tasks() as tc:
         A = _lazy(ma, calls)
         B = Affine(mb)
         assert A.is_lazy and isinstance(A.matrix, da.Array) and A.matrix.numblocks == (1, 1)
@@ -316,7 +305,7 @@ def test_lazy_affine_build_compose_invert_compute_nothing():
         _ = repr(A), repr(inv)
         assert all(t.is_lazy for t in (AB, BA, AA, inv, inv_ab))
     assert tc.n == 0 and calls == []
-    with TaskCounter() as tc:
+    with count_tasks() as tc:
         np.testing.assert_allclose(np.asarray(AB.compute().matrix), ma @ mb, atol=1e-12)
     assert tc.n > 0 and len(calls) == 1
     concrete = A.compute()

@@ -8,24 +8,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import xarray as xr
-from dask.callbacks import Callback
 
 from lazyreg import DisplacementField, LazyregError
 from lazyreg.images import Grid
 from lazyreg.transforms.field import interpolate_field
+from lazyreg.testing import count_tasks
 
 SPACING = (2.0, 0.7, 1.3)
 ORIGIN = (-3.0, 10.0, 4.5)
 SHAPE = (5, 6, 7)
-
-
-class TaskCounter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def _pretask(self, key, dsk, state):
-        self.n += 1
 
 
 def _field(seed=0, shape=SHAPE, spacing=SPACING, origin=ORIGIN) -> DisplacementField:
@@ -202,7 +193,7 @@ def test_lazy_field_builds_without_computing():
         return v
 
     lazy = da.from_delayed(dask.delayed(make, pure=False)(), shape=v.shape, dtype=v.dtype)
-    with TaskCounter() as tc:
+    with count_tasks() as tc:
         D = DisplacementField.from_array(lazy.rechunk((3, 3, 4, 3)), SPACING, ORIGIN)
         D2 = DisplacementField(D.data)
         _ = repr(D2), D2.grid, D2.chunks

@@ -6,23 +6,14 @@ import dask.array as da
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from dask.callbacks import Callback
 
 from lazyreg import DisplacementField, LazyregError, spacing, origin
+from lazyreg.testing import count_tasks
 from lazyreg.transforms.jacobian import jacobian_determinant
 
 SPACING = (2.0, 0.7, 1.3)
 ORIGIN = (-3.0, 10.0, 4.5)
 SHAPE = (9, 11, 10)
-
-
-class TaskCounter(Callback):
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def _pretask(self, key, dsk, state):
-        self.n += 1
 
 
 def _positions(shape=SHAPE, spacing_=SPACING, origin_=ORIGIN) -> np.ndarray:
@@ -96,7 +87,7 @@ def test_single_voxel_axes_have_no_derivative():
 
 def test_building_computes_nothing():
     arr = da.from_array(_random_field(), chunks=(4, 5, 3, 3))
-    with TaskCounter() as tc:
+    with count_tasks() as tc:
         J = jacobian_determinant(DisplacementField.from_array(arr, SPACING, ORIGIN))
         _ = J[2:5].data
     assert tc.n == 0 and isinstance(J.data, da.Array)

@@ -67,6 +67,15 @@ def is_n5(path: Path, group: str | None = None) -> bool:
     """Whether ``path`` (or ``path/group``) is an N5 container, group or dataset.
 
     True for a folder named ``*.n5``, or holding an ``attributes.json``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from lazyreg.io.n5 import is_n5
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     os.makedirs(f"{d}/data.n5")
+    ...     is_n5(f"{d}/data.n5"), is_n5(d)
+    (True, False)
     """
     p = Path(path)
     if not p.is_dir():
@@ -77,7 +86,20 @@ def is_n5(path: Path, group: str | None = None) -> bool:
 
 
 def n5_datasets(root: Path) -> list[str]:
-    """Relative paths of the datasets (folders whose attributes have "dimensions") below ``root``."""
+    """Relative paths of the datasets (folders whose attributes have "dimensions") below ``root``.
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> from lazyreg.io.n5 import n5_datasets
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     for ds in ("c.n5/raw/s0", "c.n5/raw/s1", "c.n5/labels"):
+    ...         os.makedirs(f"{d}/{ds}")
+    ...         with open(f"{d}/{ds}/attributes.json", "w") as f:
+    ...             json.dump({"dimensions": [4, 4, 4]}, f)
+    ...     n5_datasets(f"{d}/c.n5")
+    ['labels', 'raw/s0', 'raw/s1']
+    """
     out = []
     for dirpath, dirs, files in os.walk(root):
         if "attributes.json" in files and "dimensions" in _attrs(Path(dirpath)):
@@ -189,6 +211,19 @@ class N5Source(Source):
         The dataset folder (it holds an ``attributes.json`` with ``dimensions``).
     spacing : tuple of 3 floats, optional
         Overrides the spacing from the metadata.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, tensorstore as ts
+    >>> from lazyreg.io.n5 import N5Source
+    >>> with tempfile.TemporaryDirectory() as d:  # N5 metadata are in x, y, z order
+    ...     meta = {"dimensions": [4, 3, 2], "blockSize": [4, 3, 2], "dataType": "uint16",
+    ...             "compression": {"type": "gzip"}, "pixelResolution": [0.5, 0.5, 2.0]}
+    ...     store = ts.open({"driver": "n5", "kvstore": f"file://{d}/c.n5/raw", "metadata": meta}, create=True).result()
+    ...     store.T.write(np.arange(24, dtype="uint16").reshape(2, 3, 4)).result()
+    ...     src = N5Source(f"{d}/c.n5/raw")
+    ...     src.shape, src.grid.spacing, int(src[1, 2, 3])
+    ((2, 3, 4), (2.0, 0.5, 0.5), 23)
     """
 
     def __init__(self, path: Path, spacing: Any = None):
@@ -230,8 +265,31 @@ def _list_hint(root: Path) -> str:
 def open_n5(path: Path, *, group: str | None, level: int | None, spacing: Any) -> N5Source:
     """The :class:`N5Source` for ``path`` (a container, group or dataset) and optional ``group``.
 
+    What :func:`lazyreg.open_image` calls for N5 (only ``attributes.json`` files are read).
     ``level=k`` selects the dataset ``s{k}`` of a multiscale group (the N5-viewer layout); a group
     without ``dimensions`` but with an ``s0`` dataset opens ``s0`` by default.
+
+    Raises
+    ------
+    LazyregError
+        ``group`` is not in ``path``; a group without the level asked; unknown spacing.
+
+    Examples
+    --------
+    >>> import json, os, tempfile
+    >>> from lazyreg.io.n5 import open_n5
+    >>> with tempfile.TemporaryDirectory() as d:  # a multiscale group: s0, and s1 at half resolution
+    ...     for k, n in ((0, 8), (1, 4)):
+    ...         os.makedirs(f"{d}/c.n5/img/s{k}")
+    ...         meta = {"dimensions": [n] * 3, "blockSize": [4] * 3, "dataType": "uint8",
+    ...                 "compression": {"type": "raw"}, "pixelResolution": [1.0] * 3,
+    ...                 "downsamplingFactors": [8 // n] * 3}
+    ...         with open(f"{d}/c.n5/img/s{k}/attributes.json", "w") as f:
+    ...             json.dump(meta, f)
+    ...     s0 = open_n5(f"{d}/c.n5", group="img", level=None, spacing=None)
+    ...     s1 = open_n5(f"{d}/c.n5", group="img", level=1, spacing=None)
+    ...     s0.path.name, s1.shape, s1.grid.spacing
+    ('s0', (4, 4, 4), (2.0, 2.0, 2.0))
     """
     root = Path(path).resolve()
     target = root / group.strip("/") if group else root

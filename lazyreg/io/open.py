@@ -12,11 +12,11 @@ import xarray as xr
 from ..errors import LazyregError
 from ..validation import check_spacing
 from .n5 import is_n5, open_n5
-from .omezarr import is_zarr, open_zarr, to_zarr
 from .source import from_source
 from .tiff import TiffSource, is_tiff
+from .zarr_read import is_zarr, open_zarr
 
-__all__ = ["open_image", "to_zarr"]
+__all__ = ["open_image"]
 
 
 def _describe(p: Path) -> str:
@@ -95,7 +95,15 @@ def open_image(
 
     Examples
     --------
-    >>> import lazyreg
+    >>> import tempfile, numpy as np, lazyreg
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = lazyreg.to_zarr(lazyreg.image(np.ones((4, 8, 8), "uint16"), spacing=(2, 1, 1)), f"{d}/fix.ome.zarr")
+    ...     fix = lazyreg.open_image(path)  # only metadata are read
+    ...     fix.name, fix.shape, lazyreg.spacing(fix), int(fix.sum())
+    ('fix', (4, 8, 8), (2.0, 1.0, 1.0), 256)
+
+    The tutorial's N5 volume (a dataset of an N5 container):
+
     >>> fix = lazyreg.open_image("../shared/data/tutorial/fix.n5", group="lowres")  # doctest: +SKIP
     >>> fix.shape, lazyreg.spacing(fix)                                            # doctest: +SKIP
     ((149, 241, 456), (1.68, 1.84, 1.84))

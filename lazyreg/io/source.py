@@ -6,7 +6,8 @@ it needs (because the region depends on transform values computed in the same gr
 region itself, from a worker, without the graph depending on every chunk. :func:`find_source`
 recovers the source of an image and checks that the image is still a pure selection of it;
 :func:`read_region` is what such a task calls, and :func:`region_array` wraps one region read in a
-single-task dask array.
+single-task dask array. :class:`ChunkCache` keeps decoded chunks for tasks whose regions overlap;
+:class:`HandleSource` is the base of sources that read through a handle opened lazily (zarr, TIFF).
 """
 
 from __future__ import annotations
@@ -41,7 +42,27 @@ class Source(abc.ABC):
     """A picklable reader of a 3D array in (z, y, x) order, on a known physical grid.
 
     Subclasses set ``grid`` (a :class:`lazyreg.images.Grid`), ``dtype``, ``chunks`` (the native chunk
-    shape, z, y, x) and implement :meth:`read`. They must pickle cheaply (reopen lazily in a worker).
+    shape, z, y, x) and implement :meth:`read` and :meth:`token`. They must pickle cheaply (reopen
+    lazily in a worker, see :class:`HandleSource`). Indexing a source (``source[2, 10:20, ::2]``)
+    takes integers and slices with positive steps, reads the bounding region with :meth:`read`
+    and applies the steps to it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazyreg.images import Grid
+    >>> from lazyreg.io.source import Source
+    >>> class Ramp(Source):  # each voxel holds its flat index
+    ...     grid, dtype, chunks = Grid((4, 5, 6), spacing=1.0), np.dtype("int64"), (2, 5, 6)
+    ...     def read(self, index):
+    ...         return np.arange(120).reshape(4, 5, 6)[index]
+    ...     def token(self):
+    ...         return "ramp"
+    >>> src = Ramp()
+    >>> src.shape
+    (4, 5, 6)
+    >>> src[1, -1, ::2]
+    array([54, 56, 58])
     """
 
     grid: Grid
@@ -87,6 +108,30 @@ class Source(abc.ABC):
         return f"<{type(self).__name__} {self.token()} shape={self.shape} dtype={self.dtype}>"
 
 
+class HandleSource(Source):
+    """A source that reads through a handle (an open zarr array, file store ...) opened lazily.
+
+    Subclasses implement :meth:`open`; :meth:`handle` opens it once per copy of the source, and a
+    pickled copy leaves it behind: an unpickled source (e.g. on a distributed worker) reopens it.
+    """
+
+    @abc.abstractmethod
+    def open(self) -> Any:
+        """Open the handle that :meth:`read` uses (called by :meth:`handle`, once per copy)."""
+
+    def handle(self) -> Any:
+        """The open handle, opened now if this copy of the source has none."""
+        handle = self.__dict__.get("_handle")
+        if handle is None:
+            handle = self._handle = self.open()
+        return handle
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_handle", None)  # reopened lazily in the worker
+        return state
+
+
 class ChunkCache(Source):
     """A source that reads whole native chunks of another and keeps the last ones decoded.
 
@@ -95,7 +140,26 @@ class ChunkCache(Source):
     share it run. At most ``max_bytes`` of chunks are kept (least recently used dropped first);
     a source whose chunks are larger than a quarter of that is read directly, region by region.
     It is meant to be created by a graph task, so that it lives while that graph runs (one per
-    process: a copy sent to another worker starts empty).
+    process: a copy sent to another worker starts empty). Threads asking for the same chunk at
+    once wait for the one that decodes it.
+
+    Parameters
+    ----------
+    inner : Source
+        The source read, a whole native chunk at a time.
+    max_bytes : int, optional
+        Most bytes of decoded chunks kept; default :func:`chunk_cache_bytes`.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> from lazyreg.io.source import ChunkCache, find_source
+    >>> from lazyreg.testing import counting_image
+    >>> img, log = counting_image(lazyreg.image(np.zeros((32, 32, 32)), spacing=1.0), chunks=(16, 16, 16))
+    >>> cache = ChunkCache(find_source(img)[0], max_bytes=2**20)
+    >>> a, b = cache[0:4, 0:4, 0:4], cache[4:8, 0:4, 0:4]  # both inside the first chunk
+    >>> log.reads  # that chunk was read once, whole
+    [(slice(0, 16, None), slice(0, 16, None), slice(0, 16, None))]
     """
 
     def __init__(self, inner: Source, max_bytes: int | None = None):
@@ -190,7 +254,40 @@ def from_source(
 ) -> xr.DataArray:
     """A lazy image whose chunks are read from ``source``; nothing is read now.
 
-    ``chunks`` defaults to the source's native chunks.
+    Parameters
+    ----------
+    source : Source
+        The reader; its grid gives the image's coordinates.
+    chunks : optional
+        dask chunks; default the source's native chunks.
+    name : str, optional
+        Name of the DataArray.
+    units : str
+        ``attrs["units"]`` of the image.
+    attrs : dict, optional
+        More attributes of the image.
+
+    Returns
+    -------
+    xarray.DataArray
+        A dask-backed lazyreg image; :func:`find_source` recovers ``source`` from it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazyreg.images import Grid
+    >>> from lazyreg.io.source import Source, from_source
+    >>> class Ramp(Source):  # each voxel holds its flat index
+    ...     grid, dtype, chunks = Grid((4, 5, 6), spacing=(2.0, 1.0, 1.0)), np.dtype("int64"), (2, 5, 6)
+    ...     def read(self, index):
+    ...         return np.arange(120).reshape(4, 5, 6)[index]
+    ...     def token(self):
+    ...         return "ramp"
+    >>> img = from_source(Ramp(), name="ramp")
+    >>> img.data.chunks, float(img.z[-1])
+    (((2, 2), (5,), (6,)), 6.0)
+    >>> int(img[3, 4, 5])
+    119
     """
     dchunks = source.chunks if chunks is None else chunks
     arr = da.from_array(
@@ -214,7 +311,20 @@ def find_source(img: xr.DataArray) -> tuple[Source, tuple[int, int, int], tuple[
 
     Returns ``(source, start, step)`` such that ``img.values == source[start::step, ...]`` (cropped to
     ``img.shape``), or ``None`` when the image is in memory, computed from something else, or changed
-    after opening (any graph layer other than reading, slicing and re-chunking).
+    after opening (any graph layer other than reading, slicing and re-chunking). ``start`` and
+    ``step`` are found from the image's coordinates relative to the source's grid.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> from lazyreg.io.source import find_source
+    >>> from lazyreg.testing import counting_image
+    >>> img, _ = counting_image(lazyreg.image(np.zeros((8, 8, 8)), spacing=1.0))
+    >>> src, start, step = find_source(img[2:, ::2])
+    >>> start, step
+    ((2, 0, 0), (1, 2, 1))
+    >>> find_source(img * 2) is None
+    True
     """
     arr = img.data
     if not isinstance(arr, da.Array):
@@ -250,7 +360,20 @@ def read_region(
     source: Source, start: Sequence[int], step: Sequence[int], region: Sequence[slice]
 ) -> np.ndarray:
     """Read ``region`` (step-1 slices in the image's index space) of an image that is the selection
-    ``source[start::step, ...]`` (as returned by :func:`find_source`); runs inside a task."""
+    ``source[start::step, ...]`` (as returned by :func:`find_source`); runs inside a task.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> from lazyreg.io.source import find_source, read_region
+    >>> from lazyreg.testing import counting_image
+    >>> img, log = counting_image(lazyreg.image(np.zeros((8, 8, 8)), spacing=1.0))
+    >>> src, start, step = find_source(img[2:, ::2])
+    >>> read_region(src, start, step, (slice(0, 2), slice(1, 3), slice(0, 8))).shape
+    (2, 2, 8)
+    >>> log.reads  # rows 2, 4 of the store's y axis, read as one box
+    [(slice(2, 4, None), slice(2, 5, None), slice(0, 8, None))]
+    """
     index = tuple(slice(a + s.start * b, a + (s.stop - 1) * b + 1, b) for s, a, b in zip(region, start, step))
     return source[index]
 
@@ -280,6 +403,18 @@ def region_array(img: xr.DataArray, region: Any, *, data: da.Array | None = None
     take many regions without copying each into the graph).
 
     ``region``: slices with step 1 (as for numpy; missing trailing axes mean the whole axis).
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> from lazyreg.io.source import region_array
+    >>> from lazyreg.testing import counting_image
+    >>> img, log = counting_image(lazyreg.image(np.ones((8, 8, 8)), spacing=1.0))
+    >>> r = region_array(img, (slice(0, 4), slice(2, 6)))
+    >>> r.shape, r.npartitions, log.reads  # one task; nothing read yet
+    ((4, 4, 8), 1, [])
+    >>> float(r.sum()), log.reads
+    (128.0, [(slice(0, 4, None), slice(2, 6, None), slice(0, 8, None))])
     """
     region = _normalize_region(region, img.shape)
     found = find_source(img)

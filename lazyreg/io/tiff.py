@@ -14,7 +14,7 @@ import zarr
 from ..errors import LazyregError
 from ..images import Grid
 from .n5 import unit_name
-from .source import Source
+from .source import HandleSource
 
 __all__ = ["TiffSource", "is_tiff"]
 
@@ -24,7 +24,17 @@ _PLANE_AXES = "ZQI"  # tifffile's names for the stacked axis: z, unknown, image 
 
 
 def is_tiff(path: Path) -> bool:
-    """Whether ``path`` is a TIFF file (by its magic bytes)."""
+    """Whether ``path`` is a TIFF file (by its magic bytes; classic or BigTIFF).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, tifffile
+    >>> from lazyreg.io.tiff import is_tiff
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     tifffile.imwrite(f"{d}/a.tif", np.zeros((2, 3, 4), "uint8"))
+    ...     is_tiff(f"{d}/a.tif"), is_tiff(d)
+    (True, False)
+    """
     try:
         with open(path, "rb") as f:
             return f.read(4) in _MAGIC
@@ -69,11 +79,7 @@ def _imagej_spacing(tif: tifffile.TiffFile) -> tuple[tuple | None, str]:
     return (float(ij.get("spacing", 1.0)), ry, rx), unit_name(unit)
 
 
-def _open_zarr(path: Path) -> Any:
-    return zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
-
-
-class TiffSource(Source):
+class TiffSource(HandleSource):
     """The first series of a TIFF file as a (z, y, x) volume.
 
     Reads go through ``tifffile.imread(path, aszarr=True)`` opened with zarr: only the pages (or tiles)
@@ -87,6 +93,17 @@ class TiffSource(Source):
     spacing : tuple of 3 floats, optional
         Overrides the spacing from the metadata (OME-XML ``PhysicalSize*``, or ImageJ ``spacing`` and
         ``XResolution`` / ``YResolution``).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, tifffile
+    >>> from lazyreg.io.tiff import TiffSource
+    >>> with tempfile.TemporaryDirectory() as d:  # an ImageJ stack: 3 um between planes, 0.5 um pixels
+    ...     tifffile.imwrite(f"{d}/a.tif", np.arange(24, dtype="uint8").reshape(2, 3, 4), imagej=True,
+    ...                      resolution=(2.0, 2.0), metadata={"spacing": 3.0, "unit": "um", "axes": "ZYX"})
+    ...     src = TiffSource(f"{d}/a.tif")
+    ...     src.shape, src.grid.spacing, src.units, int(src[1, 2, 3])
+    ((2, 3, 4), (3.0, 0.5, 0.5), 'micrometer', 23)
     """
 
     def __init__(self, path: Path, spacing: Any = None):
@@ -102,8 +119,7 @@ class TiffSource(Source):
                 found, self.units = _ome_spacing(tif.ome_metadata, nz) if tif.ome_metadata else (None, "")
                 if found is None:
                     found, self.units = _imagej_spacing(tif)
-            self._arr = _open_zarr(self.path)
-            native = self._arr.chunks
+            native = self.handle().chunks
         except (tifffile.TiffFileError, OSError, ValueError, KeyError) as e:
             raise LazyregError(f"path: cannot read {self.path} as TIFF ({type(e).__name__}: {e})") from None
         if axes[-2:] != "YX" or len(axes) > 3 or (len(axes) == 3 and axes[0] not in _PLANE_AXES):
@@ -124,21 +140,13 @@ class TiffSource(Source):
         self.chunks = tuple(int(c[0]) for c in auto)  # type: ignore[assignment]
         self._mtime = self.path.stat().st_mtime_ns
 
-    def _array(self) -> Any:
-        arr = self.__dict__.get("_arr")
-        if arr is None:
-            arr = self._arr = _open_zarr(self.path)
-        return arr
+    def open(self) -> Any:
+        return zarr.open(tifffile.imread(self.path, aszarr=True, series=0, level=0), mode="r")
 
     def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
         if self._planar:
-            return np.asarray(self._array()[index[1:]])[None][index[0]]
-        return np.asarray(self._array()[index])
+            return np.asarray(self.handle()[index[1:]])[None][index[0]]
+        return np.asarray(self.handle()[index])
 
     def token(self) -> str:
         return f"tiff:{self.path}:{self._mtime}"
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state.pop("_arr", None)  # reopened lazily in the worker
-        return state

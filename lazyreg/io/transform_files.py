@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -14,7 +14,7 @@ from ..errors import LazyregError
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 
-__all__ = ["save_affine", "load_affine", "save_transform", "load_transform", "ITK_SUFFIXES", "FIELD_IMAGE_SUFFIXES", "TEXT_HEADER"]
+__all__ = ["save_affine", "load_affine", "save_transform", "load_transform", "save_field_zarr", "ITK_SUFFIXES", "FIELD_IMAGE_SUFFIXES", "TEXT_HEADER"]
 
 #: Suffixes written with ``sitk.WriteTransform`` by default.
 ITK_SUFFIXES = (".tfm", ".mat", ".h5", ".hdf5")
@@ -236,7 +236,7 @@ def save_transform(
             f"transform: expected a lazyreg.Affine or lazyreg.DisplacementField, got {type(transform).__name__}"
         )
     if _has_suffix(Path(os.fspath(path)), (".zarr",)):
-        return _save_field_zarr(transform, Path(os.fspath(path)), overwrite)
+        return save_field_zarr(transform, path, overwrite=overwrite)
     path = _prepare_destination(path, overwrite)
     field = transform.compute()
     if _has_suffix(path, _FIELD_TRANSFORM_SUFFIXES):
@@ -322,15 +322,59 @@ def load_transform(path: str | os.PathLike) -> Affine | DisplacementField | list
     return load_affine(path)
 
 
+#: The attribute of an OME-Zarr displacement field written by lazyreg (checked when it is read).
 _FIELD_ATTR = "lazyreg_transform"
 
 
-def _save_field_zarr(field: DisplacementField, path: Path, overwrite: bool) -> Path:
-    """Stream a field to OME-Zarr: axes (c, z, y, x), c = (dz, dy, dx), physical units."""
+def save_field_zarr(
+    field: DisplacementField, path: str | os.PathLike, *, overwrite: bool = False, compute: bool = True
+) -> Path | Any:
+    """Stream a displacement field to OME-Zarr 0.5, chunk by chunk (a lazy field is not loaded whole).
+
+    The image has axes (c, z, y, x), c = (dz, dy, dx) in physical units, the field's spacing and
+    origin, and a ``lazyreg_transform`` attribute by which :func:`load_transform` recognises it.
+    :func:`save_transform` calls this for ``.zarr`` and ``.ome.zarr`` paths.
+
+    Parameters
+    ----------
+    field : DisplacementField
+        The field to write (lazy or in memory).
+    path : str or path-like
+        Target folder (a zarr v3 group).
+    overwrite : bool, optional
+        Replace an existing zarr store at ``path``.
+    compute : bool, optional
+        If False, return a ``dask.delayed`` that writes the values: the store is created now and
+        stays marked incomplete until it is computed. This lets a caller compute the write together
+        with results sharing the field's tasks (e.g. its ``report``) in one pass.
+
+    Returns
+    -------
+    pathlib.Path or dask.delayed.Delayed
+        The written path, or (``compute=False``) the delayed write.
+
+    Raises
+    ------
+    LazyregError
+        If ``field`` is not a DisplacementField, or ``path`` exists and ``overwrite`` is false.
+
+    Examples
+    --------
+    >>> import tempfile, dask, numpy as np, lazyreg
+    >>> from lazyreg.io.transform_files import save_field_zarr
+    >>> D = lazyreg.DisplacementField.from_array(np.ones((2, 3, 4, 3)), spacing=2.0)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     write = save_field_zarr(D, d + "/field.ome.zarr", compute=False)
+    ...     _ = dask.compute(write)
+    ...     float(lazyreg.load_transform(d + "/field.ome.zarr").compute().data.max())
+    1.0
+    """
     import dask.array as da
 
     from .omezarr import write_ome_zarr
 
+    if not isinstance(field, DisplacementField):
+        raise LazyregError(f"field: expected a lazyreg.DisplacementField, got {type(field).__name__}")
     g = field.grid
     data = field.data.data
     if not isinstance(data, da.Array):
@@ -339,12 +383,13 @@ def _save_field_zarr(field: DisplacementField, path: Path, overwrite: bool) -> P
     unit = field.data.attrs.get("units", "micrometer")
     return write_ome_zarr(
         data,
-        path,
+        Path(os.fspath(path)),
         axes="czyx",
         scale=(1.0,) + tuple(g.spacing),
         translation=(0.0,) + tuple(g.origin),
         units=[None, unit, unit, unit],
         overwrite=overwrite,
+        compute=compute,
         name="displacement field",
         attrs={_FIELD_ATTR: {"type": "displacement_field", "vector": ["z", "y", "x"], "units": unit}},
     )

@@ -1,0 +1,390 @@
+"""Reading zarr arrays (v2, v3) and OME-Zarr 0.4 / 0.5 multiscale images, lazily.
+
+:func:`open_zarr` finds the 3D (z, y, x) level of a zarr array or OME-Zarr image for
+:func:`lazyreg.open_image`; :func:`read_ome_zarr` opens any OME-Zarr image as an N-D dask array with
+its axes and transforms (e.g. displacement fields). A store whose group still carries the
+:data:`WRITE_MARKER` attribute of an interrupted :mod:`lazyreg.io.omezarr` write is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import dask.array as da
+import numpy as np
+import zarr
+from dask.base import tokenize
+
+from ..errors import LazyregError
+from ..images import DIMS, Grid
+from .source import HandleSource
+
+__all__ = ["ZarrSource", "OmeZarrArray", "is_zarr", "open_zarr", "read_ome_zarr"]
+
+#: Group attribute present only while lazyreg writes an OME-Zarr store (set and removed by
+#: :func:`lazyreg.io.omezarr.write_ome_zarr`); a store that has it is incomplete.
+WRITE_MARKER = "lazyreg_write"
+_META_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
+
+
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a zarr array or group (v2 or v3): a folder with zarr metadata files.
+
+    Examples
+    --------
+    >>> import tempfile, zarr
+    >>> from lazyreg.io.zarr_read import is_zarr
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = zarr.create_array(f"{d}/a.zarr", shape=(2, 3, 4), dtype="uint8")
+    ...     is_zarr(f"{d}/a.zarr"), is_zarr(d)
+    (True, False)
+    """
+    return any((Path(path) / m).is_file() for m in _META_FILES)
+
+
+class ZarrSource(HandleSource):
+    """A 3D (z, y, x) view of one zarr array (v2 or v3) that may have extra size-1 axes or permuted axes.
+
+    Parameters
+    ----------
+    path : Path
+        The array folder.
+    grid : Grid
+        Physical grid of the zyx view.
+    layout : tuple
+        For each stored axis, ``"z"``, ``"y"``, ``"x"`` or ``None`` for a size-1 axis that is dropped.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, zarr
+    >>> from lazyreg.images import Grid
+    >>> from lazyreg.io.zarr_read import ZarrSource
+    >>> with tempfile.TemporaryDirectory() as d:  # an array stored in x, y, z order
+    ...     _ = zarr.create_array(f"{d}/xyz.zarr", data=np.arange(24).reshape(4, 3, 2), chunks=(2, 3, 2))
+    ...     src = ZarrSource(f"{d}/xyz.zarr", Grid((2, 3, 4), spacing=1.0), layout=("x", "y", "z"))
+    ...     src.shape, src.chunks, int(src[1, 2, 3])  # voxel z=1, y=2, x=3 is stored at [3, 2, 1]
+    ((2, 3, 4), (2, 3, 2), 23)
+    """
+
+    def __init__(self, path: Path, grid: Grid, layout: Sequence[str | None] = DIMS):
+        self.path = Path(path).resolve()
+        self.layout = tuple(layout)
+        self.grid = grid
+        arr = self.handle()
+        if arr.ndim != len(self.layout) or sorted(n for n in self.layout if n) != sorted(DIMS):
+            raise LazyregError(f"path: {self.path} has {arr.ndim} dimensions, expected {len(self.layout)}")
+        self.dtype = np.dtype(arr.dtype)
+        native = getattr(arr, "shards", None) or arr.chunks
+        self.chunks = tuple(int(native[self.layout.index(d)]) for d in DIMS)  # type: ignore[assignment]
+        self._mtime = max((self.path / m).stat().st_mtime_ns for m in _META_FILES if (self.path / m).is_file())
+
+    def open(self) -> Any:
+        return zarr.open_array(store=str(self.path), mode="r")
+
+    def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        stored = tuple(0 if n is None else index[DIMS.index(n)] for n in self.layout)
+        out = np.asarray(self.handle()[stored])
+        names = [n for n in self.layout if n is not None]
+        order = [names.index(d) for d in DIMS]
+        return out if order == [0, 1, 2] else out.transpose(order)
+
+    def token(self) -> str:
+        return f"zarr:{self.path}:{self._mtime}:{self.layout}"
+
+
+def _multiscales(attrs: dict) -> list | None:
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and "multiscales" in ome:
+        return ome["multiscales"]
+    return attrs.get("multiscales")
+
+
+def _compose(transforms: Any, n: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Compose OME-Zarr ``scale`` / ``translation`` transformations (in order) into one scale + shift."""
+    scale, shift = np.ones(n), np.zeros(n)
+    for t in transforms or []:
+        kind = t.get("type") if isinstance(t, dict) else None
+        if kind == "identity":
+            continue
+        if kind not in ("scale", "translation") or kind not in t:
+            raise LazyregError(f"path: {where} has an unsupported coordinateTransformation {t!r}")
+        v = np.asarray(t[kind], dtype=float)
+        if v.shape != (n,):
+            raise LazyregError(f"path: {where} has a {kind} of {v.size} values for {n} axes")
+        if kind == "scale":
+            scale, shift = scale * v, shift * v
+        else:
+            shift = shift + v
+    return scale, shift
+
+
+def _axes(ms: dict, ndim: int) -> list[dict]:
+    axes = ms.get("axes")
+    if axes is None:  # OME-Zarr <= 0.2: always t, c, z, y, x
+        axes = list("tczyx")[5 - ndim :] if ndim <= 5 else []
+    return [dict(a) if isinstance(a, dict) else {"name": str(a)} for a in axes]
+
+
+def _check_complete(node: Any, where: Path) -> None:
+    if WRITE_MARKER in node.attrs:
+        raise LazyregError(
+            f"path: {where} is incomplete (interrupted write?): its multiscales metadata were never written; "
+            "write it again"
+        )
+
+
+def _members(node: Any) -> str:
+    arrays, groups = sorted(node.array_keys()), sorted(node.group_keys())
+    return f"arrays {arrays} and groups {groups}" if arrays or groups else "no arrays or groups"
+
+
+def _level_source(group_dir: Path, attrs: dict, lev: Any, spacing: Any) -> tuple[ZarrSource, str]:
+    """The source of one level of the (first) multiscale image described by ``attrs``."""
+    ms = _multiscales(attrs)[0]
+    datasets = ms.get("datasets") or []
+    paths = [d.get("path") for d in datasets]
+    if lev is None:
+        lev = 0
+    if isinstance(lev, bool) or not isinstance(lev, (int, np.integer)) or not 0 <= lev < len(paths):
+        raise LazyregError(f"level: expected an index into the {len(paths)} levels {paths} of {group_dir}, got {lev!r}")
+    ds = datasets[lev]
+    arr_dir = group_dir / ds["path"]
+    if not is_zarr(arr_dir):
+        raise LazyregError(f"path: {group_dir} lists the level '{ds['path']}' but {arr_dir} is not a zarr array")
+    arr = zarr.open_array(store=str(arr_dir), mode="r")
+    axes = _axes(ms, arr.ndim)
+    names = [str(a.get("name", "")).lower() for a in axes]
+    where = f"{group_dir} (axes {names}, shape {arr.shape})"
+    if len(names) != arr.ndim:
+        raise LazyregError(
+            f"path: {group_dir} declares {len(names)} axes {names} but level '{ds['path']}' has {arr.ndim}"
+        )
+    if sorted(n for n in names if n in DIMS) != sorted(DIMS):
+        raise LazyregError(f"path: {where} must have exactly one each of the spatial axes z, y, x")
+    extra = [(n, s) for n, s in zip(names, arr.shape) if n not in DIMS and s != 1]
+    if extra:
+        raise LazyregError(
+            f"path: {where} has non-spatial axes of size > 1 {extra}; lazyreg reads 3D (z, y, x) images, "
+            "so store each channel / time point as its own image"
+        )
+    scale, shift = _compose(ds.get("coordinateTransformations"), len(names), f"{group_dir} level '{ds['path']}'")
+    s2, t2 = _compose(ms.get("coordinateTransformations"), len(names), f"{group_dir} multiscales")
+    scale, shift = scale * s2, shift * s2 + t2  # the dataset's transforms first, then the multiscale's
+    idx = [names.index(d) for d in DIMS]
+    if spacing is None and not np.all(scale[idx] > 0):
+        raise LazyregError(f"path: {where} has a non-positive scale {tuple(scale[idx])} for z, y, x")
+    units = {axes[i].get("unit") for i in idx} - {None}
+    if len(units) > 1:
+        raise LazyregError(f"path: {where} has spatial axes in different units {sorted(units)}")
+    grid = Grid(
+        tuple(arr.shape[i] for i in idx),
+        tuple(scale[idx].tolist()) if spacing is None else spacing,
+        tuple(shift[idx].tolist()),
+    )
+    layout = tuple(n if n in DIMS else None for n in names)
+    return ZarrSource(arr_dir, grid, layout), units.pop() if units else "micrometer"
+
+
+def _open_node(p: Path, argname: str) -> Any:
+    try:
+        return zarr.open(store=str(p), mode="r")
+    except Exception as e:  # zarr raises several types for missing / broken metadata
+        raise LazyregError(f"{argname}: cannot open {p} as zarr ({type(e).__name__}: {e})") from None
+
+
+def _level_paths(attrs: dict) -> list[str]:
+    ms = _multiscales(attrs)
+    return [str(d.get("path", "")).strip("/") for d in (ms[0].get("datasets") or [])] if ms else []
+
+
+def _dataset_index(attrs: dict, path: str) -> int | None:
+    paths = _level_paths(attrs)
+    return paths.index(path.strip("/")) if path.strip("/") in paths else None
+
+
+def _no_group(root: Path, node: Any, group: str) -> LazyregError:
+    if not isinstance(node, zarr.Group):
+        return LazyregError(f"group: '{group}' is not in {root}, which is an array (it has no groups)")
+    levels = _level_paths(dict(node.attrs))
+    hint = f"levels {levels}, " if levels else ""
+    return LazyregError(f"group: '{group}' is not in {root}; found {hint}{_members(node)}")
+
+
+def open_zarr(path: Path, *, group: str | None, level: int | None, spacing: Any) -> tuple[ZarrSource, str]:
+    """A source for a zarr array or an OME-Zarr multiscale level; returns ``(source, units)``.
+
+    What :func:`lazyreg.open_image` calls for zarr stores (only metadata are read).
+
+    Parameters
+    ----------
+    path : Path
+        A zarr array, an OME-Zarr image (group), or a level's array inside one.
+    group : str or None
+        A level's dataset path (e.g. ``"1"``) or a subgroup / array inside ``path``.
+    level : int or None
+        Index into the OME-Zarr multiscale datasets (default 0).
+    spacing : tuple of 3 floats or None
+        Overrides the OME-Zarr scale; required for a plain array.
+
+    Returns
+    -------
+    tuple
+        ``(ZarrSource, units)``, ``units`` the spatial axes' unit (default ``"micrometer"``).
+
+    Raises
+    ------
+    LazyregError
+        Unknown group or level, an interrupted write, axes that are not 3D, unknown spacing.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np, lazyreg
+    >>> from lazyreg.io.zarr_read import open_zarr
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = lazyreg.to_zarr(lazyreg.image(np.zeros((2, 3, 4)), spacing=(2, 1, 1)), f"{d}/a.ome.zarr")
+    ...     src, units = open_zarr(path, group=None, level=None, spacing=None)
+    ...     src.shape, src.grid.spacing, units
+    ((2, 3, 4), (2.0, 1.0, 1.0), 'micrometer')
+    """
+    root = Path(path).resolve()
+    node = _open_node(root, "path")
+    if group:
+        if isinstance(node, zarr.Group):
+            _check_complete(node, root)
+            i = _dataset_index(dict(node.attrs), group)
+            if i is not None:
+                if level is not None and level != i:
+                    raise LazyregError(f"level: level={level} contradicts group='{group}' (level {i}); pass one")
+                return _level_source(root, dict(node.attrs), i, spacing)
+        child = root / group.strip("/")
+        if not is_zarr(child):
+            raise _no_group(root, node, group)
+        root, node = child, _open_node(child, "group")
+    if isinstance(node, zarr.Array):
+        parent = root.parent
+        if is_zarr(parent):
+            pnode = _open_node(parent, "path")
+            _check_complete(pnode, parent)
+            i = _dataset_index(dict(pnode.attrs), root.name) if isinstance(pnode, zarr.Group) else None
+            if i is not None:  # the array of an OME-Zarr level, given directly
+                if level is not None and level != i:
+                    raise LazyregError(f"level: {root} is level {i} of {parent}, not level {level}")
+                return _level_source(parent, dict(pnode.attrs), i, spacing)
+        if level is not None:
+            raise LazyregError(f"level: {root} is a single zarr array without multiscale levels")
+        if node.ndim != 3:
+            raise LazyregError(
+                f"path: {root} has {node.ndim} dimensions (shape {node.shape}); lazyreg reads 3D (z, y, x) arrays"
+            )
+        if spacing is None:
+            raise LazyregError(
+                f"path: voxel spacing is unknown for {root} (a zarr array without OME-Zarr metadata); "
+                "pass spacing=(z, y, x)"
+            )
+        return ZarrSource(root, Grid(node.shape, spacing)), "micrometer"
+    _check_complete(node, root)
+    attrs = dict(node.attrs)
+    if not _multiscales(attrs):
+        raise LazyregError(
+            f"path: {root} is a zarr group without OME-Zarr multiscales metadata; it holds {_members(node)} "
+            "(pass group= to open one)"
+        )
+    return _level_source(root, attrs, level, spacing)
+
+
+class OmeZarrArray(NamedTuple):
+    """What :func:`read_ome_zarr` returns: a lazy N-D array and its OME-Zarr metadata.
+
+    ``axes``, ``scale``, ``translation`` and ``units`` have one entry per axis of ``data``; ``attrs``
+    are the group's other attributes.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> from lazyreg.io.zarr_read import OmeZarrArray
+    >>> r = OmeZarrArray(da.zeros((3, 4, 5, 6)), ("c", "z", "y", "x"), (1.0, 2.0, 2.0, 2.0), (0.0,) * 4,
+    ...                  (None, "micrometer", "micrometer", "micrometer"), {})
+    >>> dict(zip(r.axes, r.scale))
+    {'c': 1.0, 'z': 2.0, 'y': 2.0, 'x': 2.0}
+    >>> data, axes, scale, translation, units, attrs = r  # a tuple
+    """
+
+    data: da.Array
+    axes: tuple[str, ...]
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+    units: tuple[str | None, ...]
+    attrs: dict
+
+
+def read_ome_zarr(path: str | Path, *, level: int = 0) -> OmeZarrArray:
+    """Open any OME-Zarr (0.4 / 0.5) image as a raw N-D dask array with its axes and transforms.
+
+    The low-level counterpart of :func:`write_ome_zarr` (for e.g. displacement fields with a channel
+    axis). Only metadata are read.
+
+    Parameters
+    ----------
+    path : str or Path
+        The OME-Zarr group.
+    level : int
+        Index into the multiscale datasets.
+
+    Returns
+    -------
+    OmeZarrArray
+        ``(data, axes, scale, translation, units, attrs)``: per-axis names, scale, translation and
+        units; ``attrs`` are the group's other attributes (without ``"ome"`` / ``"multiscales"``).
+
+    Raises
+    ------
+    LazyregError
+        Missing path, not OME-Zarr, an interrupted write, or a bad level.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from lazyreg.io.omezarr import write_ome_zarr
+    >>> from lazyreg.io.zarr_read import read_ome_zarr
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = write_ome_zarr(np.zeros((3, 4, 5, 6)), f"{d}/field.ome.zarr", axes="czyx", scale=(1, 2, 2),
+    ...                        translation=(0, 0, 0), attrs={"kind": "field"})
+    ...     r = read_ome_zarr(p)
+    ...     r.axes, r.scale, r.data.shape, r.attrs["kind"], float(r.data.sum())
+    (('c', 'z', 'y', 'x'), (1.0, 1.0, 2.0, 2.0), (3, 4, 5, 6), 'field', 0.0)
+    """
+    p = Path(path).resolve()
+    if not p.exists():
+        raise LazyregError(f"path: {p} does not exist")
+    if not is_zarr(p):
+        raise LazyregError(f"path: {p} is not a zarr store")
+    node = _open_node(p, "path")
+    if not isinstance(node, zarr.Group):
+        raise LazyregError(f"path: {p} is a zarr array, not an OME-Zarr group")
+    _check_complete(node, p)
+    attrs = dict(node.attrs)
+    ms = _multiscales(attrs)
+    if not ms:
+        raise LazyregError(f"path: {p} has no OME-Zarr multiscales metadata; it holds {_members(node)}")
+    datasets = ms[0].get("datasets") or []
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < len(datasets):
+        raise LazyregError(f"level: expected an index into the {len(datasets)} levels of {p}, got {level!r}")
+    ds = datasets[level]
+    arr = zarr.open_array(store=str(p / ds["path"]), mode="r")
+    axes = _axes(ms[0], arr.ndim)
+    if len(axes) != arr.ndim:
+        raise LazyregError(f"path: {p} declares {len(axes)} axes but its array has {arr.ndim} dimensions")
+    scale, shift = _compose(ds.get("coordinateTransformations"), arr.ndim, str(p))
+    s2, t2 = _compose(ms[0].get("coordinateTransformations"), arr.ndim, str(p))
+    mtime = (p / ds["path"] / "zarr.json").stat().st_mtime_ns if (p / ds["path"] / "zarr.json").exists() else 0
+    data = da.from_zarr(arr, name="lazyreg-omezarr-" + tokenize(str(p), ds["path"], mtime))
+    others = {k: v for k, v in attrs.items() if k not in ("ome", "multiscales", WRITE_MARKER)}
+    return OmeZarrArray(
+        data,
+        tuple(str(a.get("name")) for a in axes),
+        tuple((scale * s2).tolist()),
+        tuple((shift * s2 + t2).tolist()),
+        tuple(a.get("unit") for a in axes),
+        others,
+    )

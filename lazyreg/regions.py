@@ -1,0 +1,204 @@
+"""Where a physical box falls: in a grid's indices, in a dask array's chunks, through a transform.
+
+The geometry :mod:`lazyreg.resample` uses to find the moving voxels an output chunk needs (see
+``docs/design.md``). A *box* is a pair ``(lo, hi)`` of physical (z, y, x) points, the first and the
+last voxel centre it spans; a *region* is a tuple of index slices of a grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import dask.array as da
+import numpy as np
+
+from .errors import LazyregError
+from .images import Grid
+
+__all__ = [
+    "box_corners",
+    "affine_box",
+    "field_box",
+    "leaves_buffer",
+    "index_region",
+    "sub_grid",
+    "chunk_grids",
+    "ChunkRefs",
+]
+
+Box = tuple[np.ndarray, np.ndarray]
+
+_CORNERS = np.array(list(itertools.product((0, 1), repeat=3)), dtype=float)
+
+
+def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The 8 corners (8, 3) of the box ``[lo, hi]``.
+
+    Examples
+    --------
+    >>> box_corners(np.zeros(3), np.array([1.0, 2.0, 3.0]))[[0, -1]]
+    array([[0., 0., 0.],
+           [1., 2., 3.]])
+    """
+    return lo + _CORNERS * (hi - lo)
+
+
+def affine_box(matrix: np.ndarray, box: Box) -> Box:
+    """The box of the 8 corners of ``box`` mapped by a 4x4 affine ``matrix`` (an exact bound).
+
+    Examples
+    --------
+    >>> m = np.diag([2.0, 1.0, 1.0, 1.0])
+    >>> m[:3, 3] = (0.0, 5.0, 0.0)
+    >>> lo, hi = affine_box(m, (np.zeros(3), np.ones(3)))
+    >>> lo.tolist(), hi.tolist()
+    ([0.0, 5.0, 0.0], [2.0, 6.0, 1.0])
+    """
+    pts = box_corners(*box) @ matrix[:3, :3].T + matrix[:3, 3]
+    return pts.min(0), pts.max(0)
+
+
+def leaves_buffer(g: Grid, box: Box) -> bool:
+    """Whether part of the box lies outside the buffer of ``g`` (continuous index [-0.5, n - 0.5]).
+
+    Examples
+    --------
+    >>> g = Grid((4, 4, 4), 1.0)
+    >>> leaves_buffer(g, (np.zeros(3), np.full(3, 3.5))), leaves_buffer(g, (np.zeros(3), np.full(3, 3.6)))
+    (False, True)
+    """
+    idx = g.to_index(np.stack(box))
+    return bool(np.any(idx[0] < -0.5) or np.any(idx[1] > np.asarray(g.shape) - 0.5))
+
+
+def field_box(values: np.ndarray, full: Grid, box: Box) -> Box:
+    """``box`` widened by the extreme displacements ``values`` (Z, Y, X, 3) of a field on ``full``.
+
+    ``values`` are the field over the part of ``full`` the box touches. Where the box leaves the
+    field's buffer, points are not displaced, so the widening includes zero.
+
+    Raises
+    ------
+    LazyregError
+        If ``values`` hold NaN or infinite values.
+
+    Examples
+    --------
+    >>> g = Grid((4, 4, 4), 1.0)
+    >>> values = np.zeros((4, 4, 4, 3))
+    >>> values[..., 2] = 2.0  # +2 along x everywhere
+    >>> lo, hi = field_box(values, g, (np.ones(3), np.full(3, 2.0)))
+    >>> lo.tolist(), hi.tolist()
+    ([1.0, 1.0, 3.0], [2.0, 2.0, 4.0])
+    >>> field_box(values, g, (np.ones(3), np.full(3, 9.0)))[0].tolist()  # leaves the buffer
+    [1.0, 1.0, 1.0]
+    """
+    dmin = values.reshape(-1, 3).min(0)
+    dmax = values.reshape(-1, 3).max(0)
+    if not (np.all(np.isfinite(dmin)) and np.all(np.isfinite(dmax))):
+        raise LazyregError("transforms: displacement field contains NaN or infinite values")
+    if leaves_buffer(full, box):
+        dmin, dmax = np.minimum(dmin, 0), np.maximum(dmax, 0)
+    return box[0] + dmin, box[1] + dmax
+
+
+def index_region(g: Grid, box: Box, margin: int) -> tuple[slice, slice, slice] | None:
+    """Index slices of ``g`` covering the box with ``margin`` voxels around, clipped; None if disjoint.
+
+    Examples
+    --------
+    >>> g = Grid((10, 10, 10), 2.0)
+    >>> index_region(g, (np.array([4.0, 4.0, 0.0]), np.array([4.0, 5.0, 30.0])), 1)  # z index 2, y 2 to 2.5
+    (slice(1, 4, None), slice(1, 5, None), slice(0, 10, None))
+    >>> index_region(g, (np.full(3, 50.0), np.full(3, 60.0)), 1) is None
+    True
+    """
+    idx = g.to_index(box_corners(*box))
+    lo = np.floor(idx.min(0)).astype(np.int64) - margin
+    hi = np.ceil(idx.max(0)).astype(np.int64) + margin + 1
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, g.shape)
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def sub_grid(g: Grid, region: Sequence[slice]) -> Grid:
+    """The grid of ``g[region]`` (unit-step slices): same spacing, origin at the region's start.
+
+    Examples
+    --------
+    >>> sub_grid(Grid((10, 10, 10), (2.0, 1.0, 1.0), (5.0, 0.0, 0.0)), (slice(2, 5), slice(0, 10), slice(1, 3)))
+    Grid(shape=(3, 10, 2), spacing=(2.0, 1.0, 1.0), origin=(9.0, 0.0, 1.0))
+    """
+    start = np.array([s.start for s in region])
+    return Grid(tuple(s.stop - s.start for s in region), g.spacing, tuple(g.to_physical(start[None])[0]))
+
+
+def chunk_grids(g: Grid, chunks: tuple) -> Iterator[tuple[tuple[int, ...], Grid]]:
+    """``(block index, grid)`` of every chunk of ``g`` cut by normalised dask ``chunks``, in C order.
+
+    Examples
+    --------
+    >>> [(i, c.shape, c.origin) for i, c in chunk_grids(Grid((4, 1, 1), 2.0), ((3, 1), (1,), (1,)))]
+    [((0, 0, 0), (3, 1, 1), (0.0, 0.0, 0.0)), ((1, 0, 0), (1, 1, 1), (6.0, 0.0, 0.0))]
+    """
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in chunks]
+    for idx in itertools.product(*[range(len(c)) for c in chunks]):
+        start = np.array([starts[a][i] for a, i in enumerate(idx)])
+        shape = tuple(int(chunks[a][i]) for a, i in enumerate(idx))
+        yield idx, Grid(shape, g.spacing, tuple(g.to_physical(start[None])[0]))
+
+
+@dataclass
+class ChunkRefs:
+    """The keys of the chunks of a dask array that cover an index region, and where each part goes.
+
+    A task that receives the blocks of ``keys`` (in that order) rebuilds the region with
+    :meth:`assemble`. Axes that the region leaves out are taken whole.
+
+    Examples
+    --------
+    >>> x = da.arange(10, chunks=4)
+    >>> refs = ChunkRefs.of(x, (slice(3, 9),))
+    >>> [k[1:] for k in refs.keys]
+    [(0,), (1,), (2,)]
+    >>> refs.assemble([b.compute() for b in x.blocks])
+    array([3, 4, 5, 6, 7, 8])
+    """
+
+    keys: list
+    dst: list
+    src: list
+    shape: tuple
+    dtype: np.dtype
+
+    @classmethod
+    def of(cls, arr: da.Array, region: Sequence[slice]) -> "ChunkRefs":
+        """The chunks of ``arr`` that ``region`` (unit-step slices, leading axes) intersects."""
+        region = tuple(region) + tuple(slice(0, n) for n in arr.shape[len(region):])
+        keys, dst, src = [], [], []
+        per_axis = []
+        for sl, chunks in zip(region, arr.chunks):
+            bounds = np.concatenate([[0], np.cumsum(chunks)])
+            hits = []
+            for b in range(len(chunks)):
+                lo, hi = max(sl.start, bounds[b]), min(sl.stop, bounds[b + 1])
+                if hi > lo:
+                    hits.append((b, slice(int(lo - sl.start), int(hi - sl.start)), slice(int(lo - bounds[b]), int(hi - bounds[b]))))
+            per_axis.append(hits)
+        for combo in itertools.product(*per_axis):
+            keys.append((arr.name, *[c[0] for c in combo]))
+            dst.append(tuple(c[1] for c in combo))
+            src.append(tuple(c[2] for c in combo))
+        shape = tuple(s.stop - s.start for s in region)
+        return cls(keys, dst, src, shape, arr.dtype)
+
+    def assemble(self, blocks: list[np.ndarray]) -> np.ndarray:
+        """The region, from the blocks of :attr:`keys` in that order."""
+        out = np.empty(self.shape, dtype=self.dtype)
+        for b, d, s in zip(blocks, self.dst, self.src):
+            out[d] = b[s]
+        return out
