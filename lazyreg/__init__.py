@@ -5,7 +5,8 @@ from .registration.features import align_features
 from .registration.itk import align_affine, align_deformable
 from .registration.piecewise import align_piecewise
 from .registration.search import random_affine_search
-from .registration.steps import align
+from .registration.pipeline import align
+from .registration.steps import register_step
 from .errors import LazyregError, LazyregWarning
 from .images import Grid, grid, image, origin, spacing, validate_image
 from .io.omezarr import to_zarr
@@ -38,6 +39,7 @@ __all__ = [
     "metrics",
     "origin",
     "random_affine_search",
+    "register_step",
     "spacing",
     "save_transform",
     "to_zarr",

@@ -9,8 +9,10 @@ from scipy import ndimage
 import lazyreg
 from lazyreg import LazyregError
 from lazyreg.registration import features
-from lazyreg.registration.features import align_features, detect_blobs, ransac_affine, validate_options
-from lazyreg.registration.search import _rotation
+from lazyreg.registration.blobs import blob_sigmas, detect_blobs, detect_factors
+from lazyreg.registration.features import align_features, validate_options
+from lazyreg.registration.ransac import ransac_affine
+from lazyreg.transforms.affine import rotation_matrices
 from lazyreg.data import phantom, synthetic_pair
 from lazyreg.images import grid_of
 
@@ -29,7 +31,7 @@ def mean_voxel_error(est, truth, fixed, step=4):
 
 def affine(angles=(0, 0, 0), scale=(1, 1, 1), shear=0.0, shift=(0, 0, 0)) -> np.ndarray:
     """Rotation (degrees about z, y, x), shear and scale about the volume centre, then a shift."""
-    lin = _rotation(np.array([angles], dtype=float))[0]
+    lin = rotation_matrices(angles)
     lin = lin @ np.array([[1, shear, 0], [0, 1, shear], [0, 0, 1]]) @ np.diag(scale)
     m = np.eye(4)
     m[:3, :3] = lin
@@ -100,8 +102,8 @@ def test_detect_blobs_on_a_binned_copy_stays_accurate():
     spacing = (1.0, 1.0, 1.0)
     centres = np.array([[30.4, 40.6, 50.2], [70.1, 30.3, 80.7]])
     v = _blob_volume((100, 110, 120), spacing, centres, sigma=8.0)
-    sig, _ = features._blob_sigmas((10, 20), 1.0, 6)
-    assert features._detect_factors(np.asarray(spacing), sig[1]).min() >= 2
+    sig, _ = blob_sigmas((10, 20), 1.0, 6)
+    assert detect_factors(np.asarray(spacing), sig[1]).min() >= 2
     blobs = detect_blobs(v, spacing, blob_sizes=(10, 20))
     d = np.linalg.norm(blobs[:, None, :3] - centres[None], axis=-1).min(axis=0)
     assert np.all(d < 0.75)
@@ -197,7 +199,8 @@ def test_ransac_bad_inputs(kwargs, match):
 def test_align_features_recovers_known_affines(pairs, name):
     fixed, moving, truth = pairs(name)
     assert mean_voxel_error(np.eye(4), truth, fixed) > 10
-    m, report = align_features(fixed, moving, seed=0)
+    _T = align_features(fixed, moving, seed=0)
+    m, report = np.asarray(_T.matrix), _T.report
     err = mean_voxel_error(m, truth, fixed)
     assert err < 1.5, (err, report)
     assert report["fallback"] is None
@@ -210,8 +213,10 @@ def test_align_features_recovers_known_affines(pairs, name):
 
 def test_align_features_is_deterministic_and_accepts_dask_images(pairs):
     fixed, moving, truth = pairs("rot15-scale8")
-    a, ra = align_features(fixed, moving, seed=4)
-    b, rb = align_features(fixed.chunk({"z": 32, "y": 64, "x": 64}), moving.chunk({"z": 30}), seed=4)
+    _T = align_features(fixed, moving, seed=4)
+    a, ra = np.asarray(_T.matrix), _T.report
+    _T = align_features(fixed.chunk({"z": 32, "y": 64, "x": 64}), moving.chunk({"z": 30}), seed=4)
+    b, rb = np.asarray(_T.matrix), _T.report
     np.testing.assert_array_equal(a, b)
     assert ra["inliers"] == rb["inliers"]
 
@@ -228,7 +233,8 @@ def test_align_features_with_user_points(pairs):
     fixed, moving, truth = pairs("oblique-shear")
     fp, mp = _centroids(fixed, SPACING), _centroids(moving, None)
     outside = np.array([[1e4, 0.0, 0.0]])
-    m, report = align_features(fixed, moving, fixed_points=np.vstack([fp, outside]), moving_points=mp)
+    _T = align_features(fixed, moving, fixed_points=np.vstack([fp, outside]), moving_points=mp)
+    m, report = np.asarray(_T.matrix), _T.report
     assert report["fixed_blobs"] == len(fp) and report["fixed_points_outside"] == 1
     assert mean_voxel_error(m, truth, fixed) < 1.5
 
@@ -237,9 +243,11 @@ def test_align_features_with_masks(pairs):
     fixed, moving, truth = pairs("rot15-about-x")
     fmask = np.zeros(fixed.shape, bool)
     fmask[:, :, :96] = True
-    m, report = align_features(fixed, moving, fixed_mask=lazyreg.image(fmask, SPACING))
+    _T = align_features(fixed, moving, fixed_mask=lazyreg.image(fmask, SPACING))
+    m, report = np.asarray(_T.matrix), _T.report
     assert mean_voxel_error(m, truth, fixed) < 1.5
-    _, full = align_features(fixed, moving)
+    _T = align_features(fixed, moving)
+    _, full = np.asarray(_T.matrix), _T.report
     assert report["fixed_blobs"] < full["fixed_blobs"]
 
 
@@ -247,7 +255,8 @@ def test_initial_scale_is_undone_and_result_is_complete(pairs):
     fixed, moving, truth = pairs("rot15-scale8")
     # a rough starting transform: right scale, 3 degrees and 4 units off
     rough = truth @ affine((3, 0, 0), shift=(4, -3, 2))
-    m, report = align_features(fixed, moving, initial=rough)
+    _T = align_features(fixed, moving, initial=rough)
+    m, report = np.asarray(_T.matrix), _T.report
     assert mean_voxel_error(m, truth, fixed) < 1.5
     assert report["start"] == "global matches"
 
@@ -255,9 +264,10 @@ def test_initial_scale_is_undone_and_result_is_complete(pairs):
 def test_initial_rescues_when_descriptors_find_no_consistent_matches(pairs, monkeypatch):
     fixed, moving, truth = pairs("rot15-scale8")
     empty = (np.zeros(0, int), np.zeros(0, int), np.zeros(0))
-    monkeypatch.setattr(features, "_match_all", lambda *a, **k: empty)
+    monkeypatch.setattr(features, "match_all", lambda *a, **k: empty)
     rough = truth @ affine((2, 0, 0), shift=(3, -2, 2))
-    m, report = align_features(fixed, moving, initial=rough)
+    _T = align_features(fixed, moving, initial=rough)
+    m, report = np.asarray(_T.matrix), _T.report
     assert report["start"] == "initial" and report["matches"] == 0
     assert mean_voxel_error(m, truth, fixed) < 1.5
 
@@ -280,22 +290,25 @@ def test_too_few_blobs_raises_with_counts_and_the_option_to_change():
 
 def test_fallback_identity_returns_initial_and_records_the_reason():
     fixed, moving = _sparse_pair()
-    m, report = align_features(fixed, moving, blob_sizes=(2, 6), fallback="identity")
+    _T = align_features(fixed, moving, blob_sizes=(2, 6), fallback="identity")
+    m, report = np.asarray(_T.matrix), _T.report
     np.testing.assert_array_equal(m, np.eye(4))
     assert report["fallback"].startswith("blob_sizes: found only")
     start = affine(shift=(1, 2, 3))
-    m, report = align_features(fixed, moving, blob_sizes=(2, 6), fallback="identity", initial=start)
+    _T = align_features(fixed, moving, blob_sizes=(2, 6), fallback="identity", initial=start)
+    m, report = np.asarray(_T.matrix), _T.report
     np.testing.assert_array_equal(m, start)
 
 
 def test_no_matches_raises_with_counts(pairs, monkeypatch):
     fixed, moving, _ = pairs("rot15-scale8")
     empty = (np.zeros(0, int), np.zeros(0, int), np.zeros(0))
-    monkeypatch.setattr(features, "_match_all", lambda *a, **k: empty)
-    monkeypatch.setattr(features, "_match_guided", lambda *a, **k: empty)
+    monkeypatch.setattr(features, "match_all", lambda *a, **k: empty)
+    monkeypatch.setattr(features, "match_guided", lambda *a, **k: empty)
     with pytest.raises(LazyregError, match=r"^match_threshold: 0 matches .* \d+ blobs in fixed and \d+ in moving.*lower match_threshold"):
         align_features(fixed, moving)
-    m, report = align_features(fixed, moving, fallback="identity")
+    _T = align_features(fixed, moving, fallback="identity")
+    m, report = np.asarray(_T.matrix), _T.report
     np.testing.assert_array_equal(m, np.eye(4))
     assert "match_threshold" in report["fallback"]
 
@@ -327,7 +340,7 @@ def small():
         (dict(diagonal_constraint=-0.1), "^diagonal_constraint"),
         (dict(fallback="warn"), "^fallback: expected None"),
         (dict(seed=1.5), "^seed"),
-        (dict(initial=np.eye(3)), "^initial: expected a finite 4x4"),
+        (dict(initial=np.eye(3)), "^initial: matrix: expected a 4x4"),
         (dict(fixed_points=np.zeros((10, 2))), r"^fixed_points: expected an \(N, 3\)"),
         (dict(moving_points=np.full((10, 3), 1e5)), "^moving_points: none of the 10 points lies inside"),
     ],
@@ -383,5 +396,6 @@ def test_large_rotations_and_scale(angle):
     fixed, moving, truth = synthetic_pair(SHAPE, SPACING, matrix=m_true, seed=21, noise=0.05,
                                           moving_spacing=(2.2, 1.1, 1.1), moving_origin=(-4, 5, -6),
                                           moving_shape=(64, 128, 128))
-    m, report = align_features(fixed, moving)
+    _T = align_features(fixed, moving)
+    m, report = np.asarray(_T.matrix), _T.report
     assert mean_voxel_error(m, truth, fixed) < 1.0, report

@@ -10,14 +10,16 @@ from scipy import ndimage
 
 import lazyreg
 import lazyreg.data as D
-from lazyreg.registration import itk
-from lazyreg.registration.itk import (
-    METRICS,
-    OPTIMIZERS,
-    align_affine,
-    align_deformable,
-    validate_itk_options,
-)
+from lazyreg.registration import itk_options, itk_runner
+from lazyreg.registration.itk import align_affine, align_deformable
+from lazyreg.registration.itk_options import METRICS, OPTIMIZERS, validate_itk_options
+
+
+def _to_sitk(values: np.ndarray, g) -> sitk.Image:
+    img = sitk.GetImageFromArray(values)
+    img.SetSpacing(g.spacing[::-1])
+    img.SetOrigin(g.origin[::-1])
+    return img
 from lazyreg.errors import LazyregError
 from lazyreg.images import Grid, grid_of
 from lazyreg.transforms.affine import Affine
@@ -113,7 +115,8 @@ def test_affine_recovers_known_affine_from_rough_start(affine_pair):
     start = _mean_error(_apply(initial, p), _apply(truth, p), gm.spacing)
     assert start > 3.0  # a rough start: several voxels off
 
-    m, report = align_affine(fixed, moving, initial=initial, threads=2)
+    _T = align_affine(fixed, moving, initial=initial, threads=2)
+    m, report = np.asarray(_T.matrix), _T.report
     err = _mean_error(_apply(m, p), _apply(truth, p), gm.spacing)
     # well under half a voxel (about 0.04 here): composing initial on the wrong side gives 0.43
     assert err < 0.15, (start, err)
@@ -134,7 +137,8 @@ def test_rigid_recovers_rigid_transform(affine_pair):
     _, moving, truth = D.synthetic_pair((40, 96, 96), (2.0, 1.0, 1.0), matrix=truth, seed=1)
     perturb = Affine.from_parameters(rotation=(2, -2, 2), translation=(3, 3, -3), center=_centre(gf)).matrix
     initial = truth @ perturb
-    m, report = align_affine(fixed, moving, transform="rigid", initial=initial, threads=2)
+    _T = align_affine(fixed, moving, transform="rigid", initial=initial, threads=2)
+    m, report = np.asarray(_T.matrix), _T.report
     p = grid_points(gf)
     assert _mean_error(_apply(initial, p), _apply(truth, p), gf.spacing) > 2.0
     assert _mean_error(_apply(m, p), _apply(truth, p), gf.spacing) < 0.5
@@ -146,17 +150,21 @@ def test_rigid_recovers_rigid_transform(affine_pair):
 def test_affine_is_deterministic_and_seeded(tiny_pair):
     fixed, moving, truth = tiny_pair
     kw = dict(initial=truth @ Affine.from_translation((1.0, -1.0, 1.0)).matrix, threads=2, shrink_factors=(2, 1))
-    m1, r1 = align_affine(fixed, moving, sampling_percentage=0.3, **kw)
-    m2, r2 = align_affine(fixed, moving, sampling_percentage=0.3, **kw)
+    _T = align_affine(fixed, moving, sampling_percentage=0.3, **kw)
+    m1, r1 = np.asarray(_T.matrix), _T.report
+    _T = align_affine(fixed, moving, sampling_percentage=0.3, **kw)
+    m2, r2 = np.asarray(_T.matrix), _T.report
     assert np.array_equal(m1, m2)
     assert r1["metric_value"] == r2["metric_value"]
-    m3, _ = align_affine(fixed, moving, sampling_percentage=0.3, seed=7, **kw)
+    _T = align_affine(fixed, moving, sampling_percentage=0.3, seed=7, **kw)
+    m3, _ = np.asarray(_T.matrix), _T.report
     assert not np.array_equal(m1, m3)  # the seed chooses the samples
 
 
 def test_affine_without_initial_is_identity_based(tiny_pair):
     fixed, _, _ = tiny_pair
-    m, report = align_affine(fixed, fixed, shrink_factors=(1,), threads=1)
+    _T = align_affine(fixed, fixed, shrink_factors=(1,), threads=1)
+    m, report = np.asarray(_T.matrix), _T.report
     np.testing.assert_allclose(m, np.eye(4), atol=0.05)
     assert report["threads"] == 1
 
@@ -165,11 +173,13 @@ def test_masks_restrict_sampling(tiny_pair):
     fixed, moving, truth = tiny_pair
     mask = xr.zeros_like(fixed, dtype=bool)
     mask[:, :12, :] = True
-    _, full = align_affine(fixed, moving, initial=truth, shrink_factors=(1,), sampling="none",
+    _T = align_affine(fixed, moving, initial=truth, shrink_factors=(1,), sampling="none",
                            optimizer_args={"numberOfIterations": 2})
-    _, half = align_affine(fixed, moving, initial=truth, shrink_factors=(1,), sampling="none",
+    _, full = np.asarray(_T.matrix), _T.report
+    _T = align_affine(fixed, moving, initial=truth, shrink_factors=(1,), sampling="none",
                            fixed_mask=mask, moving_mask=xr.ones_like(moving, dtype=bool),
                            optimizer_args={"numberOfIterations": 2})
+    _, half = np.asarray(_T.matrix), _T.report
     assert half["levels"][0]["samples"] == full["levels"][0]["samples"] // 2
     assert half["metric_value"] != full["metric_value"]
     with pytest.raises(LazyregError, match=r"^fixed_mask: shape \(12, 12, 24\) differs"):
@@ -206,16 +216,18 @@ def test_samples_outside_moving_image_gives_advice(tiny_pair):
 @pytest.mark.parametrize("metric", sorted(METRICS))
 def test_every_metric_runs(tiny_pair, metric):
     fixed, moving, truth = tiny_pair
-    if metric in itk.FIELD_ONLY_METRICS:
-        values, g, report = align_deformable(
+    if metric in itk_options.FIELD_ONLY_METRICS:
+        _T = align_deformable(
             fixed, moving, transform="field", metric=metric, initial=truth, shrink_factors=(1,),
             control_point_spacing=8, optimizer_args={"numberOfIterations": 1},
         )
+        values, g, report = _T.values, _T.grid, _T.report
         assert values.shape == (*g.shape, 3)
     else:
-        _, report = align_affine(
+        _T = align_affine(
             fixed, moving, metric=metric, initial=truth, shrink_factors=(1,), optimizer_args={"numberOfIterations": 1}
         )
+        _, report = np.asarray(_T.matrix), _T.report
     assert report["metric"] == metric
     assert report["iterations"] >= 1 and np.isfinite(report["metric_value"])
 
@@ -226,17 +238,19 @@ def test_every_optimizer_runs(tiny_pair, optimizer):
     args = {} if optimizer == "exhaustive" else {"numberOfIterations": 1}
     if optimizer == "powell":
         args["maximumLineIterations"] = 3
-    m, report = align_affine(
+    _T = align_affine(
         fixed, moving, optimizer=optimizer, initial=truth, shrink_factors=(1,), optimizer_args=args
     )
+    m, report = np.asarray(_T.matrix), _T.report
     assert report["optimizer"] == optimizer and report["iterations"] >= 1
     assert np.all(np.isfinite(m))
-    if optimizer in itk.FIELD_OPTIMIZERS or optimizer in ("lbfgsb", "regular_step_gradient_descent"):
-        transform = "field" if optimizer in itk.FIELD_OPTIMIZERS else "bspline"
-        values, _, rep = align_deformable(
+    if optimizer in itk_options.FIELD_OPTIMIZERS or optimizer in ("lbfgsb", "regular_step_gradient_descent"):
+        transform = "field" if optimizer in itk_options.FIELD_OPTIMIZERS else "bspline"
+        _T = align_deformable(
             fixed, moving, transform=transform, optimizer=optimizer, initial=truth, shrink_factors=(1,),
             control_point_spacing=12, optimizer_args=args,
         )
+        values, _, rep = _T.values, _T.grid, _T.report
         assert np.all(np.isfinite(values)) and rep["optimizer"] == optimizer
 
 
@@ -245,8 +259,9 @@ def test_exhaustive_steps_are_checked(tiny_pair):
     with pytest.raises(LazyregError, match=r"^optimizer_args: numberOfSteps needs one value per .* \(6\)"):
         align_affine(fixed, moving, transform="rigid", optimizer="exhaustive", shrink_factors=(1,),
                      optimizer_args={"numberOfSteps": [1, 1]})
-    m, report = align_affine(fixed, moving, transform="rigid", optimizer="exhaustive", initial=truth,
+    _T = align_affine(fixed, moving, transform="rigid", optimizer="exhaustive", initial=truth,
                              shrink_factors=(1,), optimizer_args={"numberOfSteps": [0, 0, 0, 1, 0, 0]})
+    m, report = np.asarray(_T.matrix), _T.report
     assert report["iterations"] == 3  # -1, 0, +1 steps along one translation
 
 
@@ -301,7 +316,7 @@ def test_validate_fills_defaults():
         ("affine", {"scales": "physical"}, r"^scales: unknown value 'physical' \(did you mean 'physical_shift'\?\)"),
         ("affine", {"transform": "similarity"}, r"^transform: unknown value 'similarity'; valid: affine, rigid"),
         ("affine", {"metric": "demons"}, r"^metric: 'demons' needs a dense displacement field"),
-        ("affine", {"initial": np.eye(3)}, r"^matrix: expected a 4x4"),
+        ("affine", {"initial": np.eye(3)}, r"^initial: matrix: expected a 4x4"),
         ("affine", {"seed": -1}, r"^seed: expected a non-negative integer"),
         ("affine", {"threads": 0}, r"^threads: expected a positive integer"),
         ("affine", {"fixed_mask": np.ones((2, 2, 2))}, r"^fixed_mask: expected a boolean xarray.DataArray"),
@@ -312,7 +327,7 @@ def test_validate_fills_defaults():
         ("deformable", {"control_point_levels": (2, 3)}, r"^control_point_levels: each factor must be a multiple"),
         ("deformable", {"control_point_spacing": -5}, r"^control_point_spacing: expected a positive number"),
         ("deformable", {"field_smoothing": (1.0,)}, r"^field_smoothing: expected 2 non-negative variances"),
-        ("deformable", {"field_grid": (4, 4, 4)}, r"^field_grid: expected a lazyreg.images.Grid"),
+        ("deformable", {"field_grid": (4, 4, 4)}, r"^field_grid: expected a lazyreg.Grid"),
         ("rigid", {}, r"^step: unknown value 'rigid'; valid: affine, deformable"),
     ],
 )
@@ -336,11 +351,11 @@ def test_public_functions_validate_before_reading(tiny_pair):
 
 def test_bspline_to_field_matches_transform_point():
     g = Grid((10, 12, 14), (2.0, 1.5, 1.0), (3.0, -2.0, 1.0))
-    ref = itk._field_image(g)
+    ref = itk_runner.field_image(g)
     t = sitk.BSplineTransformInitializer(ref, [3, 2, 2], 3)
     rng = np.random.default_rng(0)
     t.SetParameters(rng.normal(0, 2.0, t.GetNumberOfParameters()).tolist())
-    field = itk._sampled_field(t, g, threads=2)
+    field = itk_runner.sampled_field(t, g, threads=2)
     assert field.grid == g
     p = grid_points(g)
     expected = np.array([t.TransformPoint(q[::-1].tolist())[::-1] for q in p]) - p
@@ -357,11 +372,13 @@ def test_deformable_recovers_smooth_deformation(deformed_pair):
     fixed, moving, A, pf, true_b = deformed_pair
     sp = grid_of(fixed).spacing
     no_deformation = _mean_error(pf, true_b, sp)
-    m, _ = align_affine(fixed, moving, initial=A, shrink_factors=(2, 1), threads=2)
+    _T = align_affine(fixed, moving, initial=A, shrink_factors=(2, 1), threads=2)
+    m, _ = np.asarray(_T.matrix), _T.report
     affine_only = _mean_error(_apply(np.linalg.inv(A) @ m, pf), true_b, sp)
-    values, g, report = align_deformable(
+    _T = align_deformable(
         fixed, moving, initial=A, control_point_spacing=16, sampling_percentage=(0.1, 0.02), threads=2
     )
+    values, g, report = _T.values, _T.grid, _T.report
     field = lazyreg.DisplacementField.from_array(values, g.spacing, g.origin)
     err = _mean_error(field(pf), true_b, sp)
     assert affine_only > 1.0 and no_deformation > 1.5
@@ -378,9 +395,10 @@ def test_deformable_recovers_smooth_deformation(deformed_pair):
 def test_dense_field_with_demons_reduces_error(deformed_pair):
     fixed, moving, A, pf, true_b = deformed_pair
     sp = grid_of(fixed).spacing
-    values, g, report = align_deformable(
+    _T = align_deformable(
         fixed, moving, transform="field", metric="demons", initial=A, control_point_spacing=16, threads=2
     )
+    values, g, report = _T.values, _T.grid, _T.report
     field = lazyreg.DisplacementField.from_array(values, g.spacing, g.origin)
     assert _mean_error(field(pf), true_b, sp) < 0.8 * _mean_error(pf, true_b, sp)
     assert report["transform"] == "field" and report["levels"][0]["sampling_percentage"] == 1.0
@@ -389,10 +407,11 @@ def test_dense_field_with_demons_reduces_error(deformed_pair):
 def test_bspline_mesh_refinement_levels(tiny_pair):
     fixed, moving, truth = tiny_pair
     for optimizer in ("lbfgsb", "gradient_descent"):
-        values, g, report = align_deformable(
+        _T = align_deformable(
             fixed, moving, initial=truth, control_point_spacing=12, control_point_levels=(1, 2),
             shrink_factors=(2, 1), optimizer=optimizer, optimizer_args={"numberOfIterations": 2},
         )
+        values, g, report = _T.values, _T.grid, _T.report
         assert [lv["mesh_size"] for lv in report["levels"]] == [(2, 2, 2), (4, 4, 4)]
         assert report["control_point_spacing"] == (6.0, 6.0, 6.0)
 
@@ -400,8 +419,9 @@ def test_bspline_mesh_refinement_levels(tiny_pair):
 def test_field_grid_can_be_chosen(tiny_pair):
     fixed, moving, truth = tiny_pair
     g = Grid((4, 5, 6), (6.0, 5.0, 4.0), (1.0, 2.0, 3.0))
-    values, g2, _ = align_deformable(fixed, moving, initial=truth, field_grid=g, shrink_factors=(1,),
+    _T = align_deformable(fixed, moving, initial=truth, field_grid=g, shrink_factors=(1,),
                                      control_point_spacing=12, optimizer_args={"numberOfIterations": 1})
+    values, g2, _ = _T.values, _T.grid, _T.report
     assert g2 == g and values.shape == (4, 5, 6, 3)
 
 
@@ -409,7 +429,8 @@ def test_too_coarse_level_is_refused(tiny_pair):
     fixed, moving, _ = tiny_pair
     with pytest.raises(LazyregError, match=r"^shrink_factors: factor 8 leaves fewer than 2 voxels .* \(12, 24, 24\)"):
         align_affine(fixed, moving, shrink_factors=(8, 1))
-    _, report = align_affine(fixed, moving, optimizer_args={"numberOfIterations": 1})
+    _T = align_affine(fixed, moving, optimizer_args={"numberOfIterations": 1})
+    _, report = np.asarray(_T.matrix), _T.report
     assert [lv["shrink_factor"] for lv in report["levels"]] == [1]  # automatic levels fit the image
 
 
@@ -422,8 +443,8 @@ def test_real_tutorial_affine_from_centres(tutorial_dir):
     fix = lazyreg.open_image(tutorial_dir / "fix.n5", group="lowres").compute()
     mov = lazyreg.open_image(tutorial_dir / "mov.n5", group="lowres").compute()
     gf, gm = grid_of(fix), grid_of(mov)
-    F = itk._to_sitk(np.asarray(fix.values, np.float32), gf)
-    M = itk._to_sitk(np.asarray(mov.values, np.float32), gm)
+    F = _to_sitk(np.asarray(fix.values, np.float32), gf)
+    M = _to_sitk(np.asarray(mov.values, np.float32), gm)
     init = sitk.CenteredTransformInitializer(F, M, sitk.AffineTransform(3),
                                              sitk.CenteredTransformInitializerFilter.GEOMETRY)
     initial = Affine.from_sitk(init).matrix
@@ -433,6 +454,7 @@ def test_real_tutorial_affine_from_centres(tutorial_dir):
         return float(np.corrcoef(np.asarray(fix.values, float).ravel(), sitk.GetArrayFromImage(r).ravel())[0, 1])
 
     assert pearson(initial) < 0.1
-    m, report = align_affine(fix, mov, initial=initial, threads=2)
+    _T = align_affine(fix, mov, initial=initial, threads=2)
+    m, report = np.asarray(_T.matrix), _T.report
     assert pearson(m) > 0.45, report
 

@@ -1,156 +1,317 @@
-"""``align``: global alignment as a lazy pipeline of steps, each starting from the previous result."""
+"""The step protocol: how every alignment step is called, checked and registered.
+
+A *step* is a plain function ``step(fixed, moving, *, initial, **options)`` that aligns two
+in-memory images and returns a transform object whose ``.report`` (a dict) says what it did:
+
+* an :class:`~lazyreg.Affine` - the whole fixed -> moving affine, ``initial`` included - or
+* a :class:`~lazyreg.DisplacementField` ``D`` applied before ``initial``: the whole transform is
+  the list ``[initial, D]``. Such a step comes last in a pipeline.
+
+A step may also accept any of ``seed``, ``fixed_mask``, ``moving_mask``, ``threads`` and
+``field_grid``; the pipeline supplies them. Each registered step has a *validator* that
+:func:`parse_steps` calls for every step before any graph is built, so a bad option fails at once
+with a message naming it (the default validator checks option names against the function's
+keyword-only parameters). :data:`STEPS` maps names to steps; :func:`register_step` adds one.
+"""
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
 import logging
 import time
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
-import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 
 from ..errors import LazyregError
-from ..images import Grid, grid_of, validate_image
+from ..images import Grid
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
-from ..transforms.points import normalize_transforms
+from ..validation import check_seed, suggest
+from .features import align_features, validate_options
+from .itk import align_affine, align_deformable
+from .itk_options import validate_itk_options
+from .itk_runner import deformable_field_grid
+from .search import random_affine_search, validate_search_options
 
-__all__ = ["align", "parse_steps", "run_steps", "STEPS"]
+__all__ = ["Step", "StepCall", "STEPS", "register_step", "parse_steps", "run_steps", "field_step_grid"]
 
 log = logging.getLogger(__name__)
 
-#: Step name -> (module, function, fixed keyword arguments).
-STEPS: dict[str, tuple[str, str, dict]] = {
-    "ransac": ("lazyreg.registration.features", "align_features", {}),
-    "random": ("lazyreg.registration.search", "random_affine_search", {}),
-    "rigid": ("lazyreg.registration.itk", "align_affine", {"transform": "rigid"}),
-    "affine": ("lazyreg.registration.itk", "align_affine", {"transform": "affine"}),
-    "deform": ("lazyreg.registration.itk", "align_deformable", {}),
-}
-# Which SimpleITK option set validates each ITK step.
-_ITK_KIND = {"rigid": "affine", "affine": "affine", "deform": "deformable"}
-# Arguments that align() itself supplies to every step.
-_SUPPLIED = {"fixed", "moving", "initial", "seed", "fixed_mask", "moving_mask", "field_grid"}
+#: Arguments that the pipeline supplies to a step (when its function takes them).
+SUPPLIED = ("fixed", "moving", "initial", "seed", "fixed_mask", "moving_mask", "threads", "field_grid")
 
 
-def _step_function(name: str) -> tuple[Callable, dict]:
-    module, func, fixed_kwargs = STEPS[name]
-    return getattr(importlib.import_module(module), func), fixed_kwargs
+@dataclass(frozen=True)
+class Step:
+    """A registered alignment step.
+
+    Attributes
+    ----------
+    name : str
+        The name used in step lists.
+    func : callable
+        ``func(fixed, moving, *, initial, **options)`` returning an Affine or a DisplacementField.
+    returns : {"affine", "field"}
+        What ``func`` returns.
+    validate : callable, optional
+        ``validate(options)`` raising :class:`~lazyreg.LazyregError` naming a bad option.
+    fixed_options : dict
+        Options always passed (e.g. ``{"transform": "rigid"}``), not settable by users.
+    field_grid : callable, optional
+        For ``returns="field"``: ``field_grid(fixed_grid, options) -> Grid``, the grid of the
+        returned field, known before the step runs (default: the fixed grid).
+
+    Examples
+    --------
+    >>> from lazyreg.registration.steps import STEPS
+    >>> STEPS["rigid"].returns, STEPS["rigid"].fixed_options
+    ('affine', {'transform': 'rigid'})
+    """
+
+    name: str
+    func: Callable[..., Any]
+    returns: str = "affine"
+    validate: Callable[[dict], Any] | None = None
+    fixed_options: dict = field(default_factory=dict)
+    field_grid: Callable[[Grid, dict], Grid] | None = None
+
+    @property
+    def options(self) -> list[str]:
+        """The option names users may set (the function's keyword-only parameters)."""
+        params = inspect.signature(self.func).parameters
+        return sorted(
+            k for k, p in params.items()
+            if p.kind == p.KEYWORD_ONLY and k not in SUPPLIED and k not in self.fixed_options
+        )
+
+    def accepts(self, name: str) -> bool:
+        """Whether the function takes keyword ``name``."""
+        params = inspect.signature(self.func).parameters
+        return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def parse_steps(steps: Any) -> list[tuple[str, dict]]:
-    """Check a step list up front: names, option names and option values where cheap.
-
-    ``steps`` is a sequence of ``(name, options)`` pairs (or bare names). Returns normalised pairs.
+@dataclass(frozen=True)
+class StepCall:
+    """One step of a checked pipeline: the step and the options the user gave it.
 
     Examples
     --------
     >>> from lazyreg.registration.steps import parse_steps
-    >>> parse_steps(["affine"])
-    [('affine', {})]
+    >>> call = parse_steps([("affine", {"metric": "mattes_mi"})])[0]
+    >>> call.name, call.options
+    ('affine', {'metric': 'mattes_mi'})
     """
-    if isinstance(steps, (str, tuple)) and (isinstance(steps, str) or (len(steps) == 2 and isinstance(steps[0], str) and isinstance(steps[1], dict))):
+
+    step: Step
+    options: dict
+
+    @property
+    def name(self) -> str:
+        """The step's name."""
+        return self.step.name
+
+    def as_pair(self) -> tuple[str, dict]:
+        """The ``(name, options)`` pair it came from (for reports and files)."""
+        return self.step.name, dict(self.options)
+
+
+STEPS: dict[str, Step] = {}
+
+
+def register_step(
+    name: str,
+    func: Callable[..., Any],
+    *,
+    returns: str = "affine",
+    validate: Callable[[dict], Any] | None = None,
+    fixed_options: Mapping[str, Any] | None = None,
+    field_grid: Callable[[Grid, dict], Grid] | None = None,
+    replace: bool = False,
+) -> Step:
+    """Make ``func`` usable as a step called ``name`` in :func:`lazyreg.align` and piecewise blocks.
+
+    Parameters
+    ----------
+    name : str
+        The step's name in step lists.
+    func : callable
+        ``func(fixed, moving, *, initial, **options)``: images are in-memory xarray images,
+        ``initial`` an :class:`~lazyreg.Affine` (the current fixed -> moving transform). Returns an
+        Affine (the whole transform, ``initial`` included) or a DisplacementField applied before
+        ``initial`` (see ``returns``), with a ``report`` dict. It may take ``seed``, ``fixed_mask``,
+        ``moving_mask``, ``threads``, ``field_grid``: they are supplied. Keyword-only parameters
+        are its options. It must be importable where the work runs (dask workers).
+    returns : {"affine", "field"}
+        What ``func`` returns. A field step must come last in a pipeline.
+    validate : callable, optional
+        ``validate(options)`` called by :func:`parse_steps` before anything runs; raise a
+        :class:`~lazyreg.LazyregError` naming the bad option. Option names are always checked.
+    fixed_options : dict, optional
+        Options always passed to ``func`` and not settable in step lists.
+    field_grid : callable, optional
+        For field steps: ``field_grid(fixed_grid, options) -> Grid``, the grid of the returned
+        field (the pipeline needs it before the step runs); default the fixed grid.
+    replace : bool
+        Allow replacing a registered step of the same name.
+
+    Returns
+    -------
+    Step
+
+    Examples
+    --------
+    >>> import lazyreg
+    >>> def shift_x(fixed, moving, *, initial, dx=1.0):
+    ...     A = initial @ lazyreg.Affine.from_translation((0.0, 0.0, dx))
+    ...     return lazyreg.Affine(A.matrix, report={"dx": dx})
+    >>> step = lazyreg.register_step("shift_x", shift_x, replace=True)
+    >>> step.options
+    ['dx']
+    """
+    if not isinstance(name, str) or not name:
+        raise LazyregError(f"name: expected a non-empty string, got {name!r}")
+    if name in STEPS and not replace:
+        raise LazyregError(f"name: a step called {name!r} is registered already; pass replace=True to replace it")
+    if not callable(func):
+        raise LazyregError(f"func: expected a function, got {type(func).__name__}")
+    if returns not in ("affine", "field"):
+        raise LazyregError(f"returns: expected 'affine' or 'field', got {returns!r}")
+    params = inspect.signature(func).parameters
+    if "initial" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise LazyregError(f"func: a step takes (fixed, moving, *, initial, ...); {func.__name__} has no 'initial'")
+    step = Step(name, func, returns, validate, dict(fixed_options or {}), field_grid)
+    STEPS[name] = step
+    return step
+
+
+register_step("ransac", align_features, validate=lambda o: validate_options("ransac", o))
+register_step("random", random_affine_search, validate=validate_search_options)
+register_step(
+    "rigid", align_affine, fixed_options={"transform": "rigid"},
+    validate=lambda o: validate_itk_options("affine", dict(o, transform="rigid")),
+)
+register_step(
+    "affine", align_affine, fixed_options={"transform": "affine"},
+    validate=lambda o: validate_itk_options("affine", dict(o, transform="affine")),
+)
+register_step(
+    "deform", align_deformable, returns="field", validate=lambda o: validate_itk_options("deformable", o),
+    field_grid=deformable_field_grid,
+)
+
+
+def parse_steps(steps: Any) -> list[StepCall]:
+    """Check a step list up front - names, option names and values - and return the calls.
+
+    ``steps`` is a sequence of ``(name, options)`` pairs, bare names, or :class:`StepCall`
+    objects (already checked), or a string of comma-separated names (``"ransac,affine"``). At
+    most one step returns a field, and it comes last.
+
+    Examples
+    --------
+    >>> from lazyreg.registration.steps import parse_steps
+    >>> [c.as_pair() for c in parse_steps("ransac,affine")]
+    [('ransac', {}), ('affine', {})]
+    >>> parse_steps([("affine", {"metrc": "mattes_mi"})])
+    Traceback (most recent call last):
+    ...
+    lazyreg.errors.LazyregError: steps[0] ('affine'): unknown option 'metrc' (did you mean 'metric'?); valid options: interpolator, metric, ...
+    """
+    if isinstance(steps, str):
+        steps = [s.strip() for s in steps.split(",") if s.strip()]
+    elif isinstance(steps, StepCall) or (
+        isinstance(steps, tuple) and len(steps) == 2 and isinstance(steps[0], str) and isinstance(steps[1], dict)
+    ):
         steps = [steps]
     if not isinstance(steps, (list, tuple)) or not steps:
         raise LazyregError(f"steps: expected a non-empty list of (name, options) pairs, got {steps!r}")
-    out = []
-    for i, st in enumerate(steps):
-        if isinstance(st, str):
-            name, opts = st, {}
-        elif isinstance(st, (list, tuple)) and len(st) == 2 and isinstance(st[0], str):
-            name, opts = st[0], st[1] if st[1] is not None else {}
-        else:
-            raise LazyregError(f"steps[{i}]: expected a (name, options) pair, got {st!r}")
-        if name not in STEPS:
-            raise LazyregError(
-                f"steps[{i}]: unknown step '{name}'{_suggest(name, STEPS)}; valid steps: {', '.join(STEPS)}"
-            )
-        if not isinstance(opts, dict):
-            raise LazyregError(f"steps[{i}] ('{name}'): options must be a dict, got {type(opts).__name__}")
-        func, fixed_kwargs = _step_function(name)
-        params = inspect.signature(func).parameters
-        allowed = sorted(k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in _SUPPLIED and k not in fixed_kwargs)
-        for key in opts:
-            if key not in allowed:
-                raise LazyregError(
-                    f"steps[{i}] ('{name}'): unknown option '{key}'{_suggest(key, allowed)}; valid options: {', '.join(allowed)}"
-                )
-        if name in _ITK_KIND:
-            from .itk import validate_itk_options
-
-            try:
-                validate_itk_options(_ITK_KIND[name], dict(opts, **fixed_kwargs))
-            except LazyregError as e:
-                raise LazyregError(f"steps[{i}] ('{name}'): {e}") from None
-        out.append((name, dict(opts)))
-    return out
+    calls = [_parse_one(i, st) for i, st in enumerate(steps)]
+    fields = [i for i, c in enumerate(calls) if c.step.returns == "field"]
+    if len(fields) > 1:
+        raise LazyregError(f"steps: at most one step returning a field (it must be the last), got {len(fields)}")
+    if fields and fields[0] != len(calls) - 1:
+        raise LazyregError(f"steps: {calls[fields[0]].name!r} returns a displacement field, so it must be the last step")
+    return calls
 
 
-def _check_mask(mask: Any, img: xr.DataArray, argname: str) -> xr.DataArray | None:
-    if mask is None:
-        return None
-    validate_image(mask, argname)
-    g, gi = grid_of(mask, argname), grid_of(img)
-    if g.shape != gi.shape or not np.allclose(g.spacing, gi.spacing) or not np.allclose(g.origin, gi.origin):
-        raise LazyregError(f"{argname}: the mask's grid {g} differs from its image's grid {gi}")
-    return mask
-
-
-def deform_options(parsed: list[tuple[str, dict]]) -> dict | None:
-    """Options of the one ``"deform"`` step (which must come last), or None without one."""
-    deform_opts = [o for n, o in parsed if n == "deform"]
-    if len(deform_opts) > 1:
-        raise LazyregError("steps: at most one 'deform' step (it must be the last)")
-    if deform_opts and parsed[-1][0] != "deform":
-        raise LazyregError("steps: 'deform' must be the last step")
-    return deform_opts[0] if deform_opts else None
-
-
-def _deform_grid(fixed: Grid, opts: dict) -> Grid:
-    """The grid of the displacement field of a deform step (known before the step runs)."""
-    from .itk import deformable_field_grid
-
-    return deformable_field_grid(fixed, opts)
-
-
-def _run_step(name: str, opts: dict, fixed, moving, fixed_mask, moving_mask, state: dict, seed: int, field_grid) -> dict:
-    func, fixed_kwargs = _step_function(name)
-    t0 = time.perf_counter()
-    kwargs = dict(opts, **fixed_kwargs)
-    params = inspect.signature(func).parameters
-    if "seed" in params:
-        kwargs["seed"] = seed
-    if "fixed_mask" in params and fixed_mask is not None:
-        kwargs["fixed_mask"] = fixed_mask
-    if "moving_mask" in params and moving_mask is not None:
-        kwargs["moving_mask"] = moving_mask
-    if name == "deform":
-        kwargs["field_grid"] = field_grid
-        values, _grid, report = func(fixed, moving, initial=state["matrix"], **kwargs)
-        new = dict(state, field=np.asarray(values, dtype=np.float32))
+def _parse_one(i: int, st: Any) -> StepCall:
+    if isinstance(st, StepCall):
+        return st
+    if isinstance(st, str):
+        name, opts = st, {}
+    elif isinstance(st, (list, tuple)) and len(st) == 2 and isinstance(st[0], str):
+        name, opts = st[0], st[1] if st[1] is not None else {}
     else:
-        matrix, report = func(fixed, moving, initial=state["matrix"], **kwargs)
-        new = dict(state, matrix=np.asarray(matrix, dtype=float))
-    report = dict(report or {})
-    report["step"] = name  # the pipeline's name for the step (the function may use its own)
+        raise LazyregError(f"steps[{i}]: expected a (name, options) pair, got {st!r}")
+    if name not in STEPS:
+        raise LazyregError(f"steps[{i}]: unknown step '{name}'{suggest(name, list(STEPS))}; valid steps: {', '.join(STEPS)}")
+    if not isinstance(opts, Mapping):
+        raise LazyregError(f"steps[{i}] ('{name}'): options must be a dict, got {type(opts).__name__}")
+    step = STEPS[name]
+    allowed = step.options
+    for key in opts:
+        if key not in allowed:
+            raise LazyregError(
+                f"steps[{i}] ('{name}'): unknown option '{key}'{suggest(key, allowed)}; valid options: {', '.join(allowed)}"
+            )
+    if step.validate is not None:
+        try:
+            step.validate(dict(opts))
+        except LazyregError as e:
+            raise LazyregError(f"steps[{i}] ('{name}'): {e}") from None
+    return StepCall(step, dict(opts))
+
+
+def field_step_grid(calls: Sequence[StepCall], fixed: Grid) -> Grid | None:
+    """The grid of the field the pipeline returns (None if no step returns a field).
+
+    Examples
+    --------
+    >>> from lazyreg.images import Grid
+    >>> calls = parse_steps([("affine", {}), ("deform", {"control_point_spacing": 16.0})])
+    >>> field_step_grid(calls, Grid((40, 80, 80), 1.0)).spacing
+    (4.0, 4.0, 4.0)
+    """
+    for c in calls:
+        if c.step.returns == "field":
+            opts = dict(c.options, **c.step.fixed_options)
+            return c.step.field_grid(fixed, opts) if c.step.field_grid is not None else fixed
+    return None
+
+
+def _run_one(call: StepCall, fixed, moving, state: dict, *, seed: int, masks: tuple, threads, field_grid) -> dict:
+    step = call.step
+    kwargs = dict(call.options, **step.fixed_options)
+    supplied = {"seed": seed, "fixed_mask": masks[0], "moving_mask": masks[1], "threads": threads,
+                "field_grid": field_grid if step.returns == "field" else None}
+    for key, value in supplied.items():
+        if value is not None and key not in kwargs and step.accepts(key):
+            kwargs[key] = value
+    t0 = time.perf_counter()
+    result = step.func(fixed, moving, initial=state["affine"], **kwargs)
+    report = dict(getattr(result, "report", None) or {})
+    report["step"] = call.name  # the pipeline's name for the step (the function may use its own)
     report["seconds_total"] = time.perf_counter() - t0
-    log.info("align step %s: %s", name, {k: v for k, v in report.items() if not isinstance(v, (list, dict, np.ndarray))})
-    new["reports"] = state["reports"] + [report]
+    log.info("align step %s: %s", call.name, {k: v for k, v in report.items() if not isinstance(v, (list, dict, np.ndarray))})
+    new = dict(state, reports=state["reports"] + [report])
+    if step.returns == "field":
+        if not isinstance(result, DisplacementField):
+            raise LazyregError(f"steps: {call.name!r} must return a lazyreg.DisplacementField, got {type(result).__name__}")
+        if field_grid is not None and result.grid != field_grid:
+            raise LazyregError(f"steps: {call.name!r} returned a field on {result.grid}, expected {field_grid}")
+        new["field"] = result.compute()
+    else:
+        if not isinstance(result, Affine):
+            raise LazyregError(f"steps: {call.name!r} must return a lazyreg.Affine, got {type(result).__name__}")
+        new["affine"] = Affine(result.compute().matrix)
     return new
 
 
 def run_steps(
-    parsed: list[tuple[str, dict]],
+    steps: Any,
     fixed: xr.DataArray,
     moving: xr.DataArray,
     *,
@@ -161,113 +322,27 @@ def run_steps(
     field_grid: Grid | None = None,
     threads: int | None = None,
 ) -> dict:
-    """Run checked steps (from :func:`parse_steps`) eagerly on in-memory images.
+    """Run steps eagerly on in-memory images, each starting from the previous result.
 
-    Returns the state: ``matrix`` (4x4), ``field`` ((Z, Y, X, 3) values on ``field_grid``, or
-    None) and ``reports`` (one dict per step). ``threads`` sets the SimpleITK threads of steps
-    that take it and were not given it. Used by :func:`align` (one task per step) and by
-    piecewise alignment (all steps of a block in one task).
-    """
-    state = _start(np.eye(4) if initial is None else initial)
-    for i, (name, opts) in enumerate(parsed):
-        if threads is not None and "threads" not in opts and "threads" in inspect.signature(_step_function(name)[0]).parameters:
-            opts = dict(opts, threads=threads)
-        state = _run_step(name, opts, fixed, moving, fixed_mask, moving_mask, state, int(seed) + i, field_grid)
-    return state
-
-
-def _start(initial: Any) -> dict:
-    return {"matrix": np.asarray(initial, dtype=float), "field": None, "reports": []}
-
-
-def _pick(state: dict, key: str) -> Any:
-    return state[key]
-
-
-def _in_memory(img: xr.DataArray | None) -> xr.DataArray | None:
-    return None if img is None else img.compute()
-
-
-def align(
-    fixed: xr.DataArray,
-    moving: xr.DataArray,
-    steps: Sequence[Any],
-    *,
-    fixed_mask: xr.DataArray | None = None,
-    moving_mask: xr.DataArray | None = None,
-    initial: Any = None,
-    seed: int = 0,
-) -> Affine | list:
-    """Global alignment of ``moving`` to ``fixed`` by a pipeline of steps, returned lazily.
-
-    Nothing runs here: the result is an :class:`Affine` whose matrix is a dask array (or
-    ``[affine, field]`` when a ``"deform"`` step is included) that can go straight into
-    :func:`lazyreg.apply_transform`, or be computed with ``.compute()``.
-
-    Parameters
-    ----------
-    fixed, moving : xarray.DataArray
-        Images (a downsampled level of large data: each step loads them into memory).
-    steps : sequence of (name, options)
-        Run in order, each starting from the previous result. Names: ``"ransac"`` (feature points +
-        RANSAC, :func:`lazyreg.registration.features.align_features`), ``"random"`` (random affine search,
-        :func:`lazyreg.registration.search.random_affine_search`), ``"rigid"`` and ``"affine"``
-        (:func:`lazyreg.registration.itk.align_affine`), ``"deform"`` (B-spline,
-        :func:`lazyreg.registration.itk.align_deformable`). Options are those functions' keyword arguments,
-        validated up front.
-    fixed_mask, moving_mask : xarray.DataArray, optional
-        Boolean images on each image's grid; restrict blob detection and metric sampling.
-    initial : Affine, optional
-        Starting transform (concrete or lazy); default identity.
-    seed : int
-        Seed for every random choice; results are deterministic for a seed.
-
-    Returns
-    -------
-    Affine or list
-        Lazy; ``.report`` holds (lazily) one dict per step: iterations, metric, blobs/inliers,
-        seconds. ``Affine.compute()`` computes matrix and report together.
+    Returns the state: ``affine`` (an :class:`~lazyreg.Affine`), ``field`` (a
+    :class:`~lazyreg.DisplacementField` on ``field_grid``, or None) and ``reports`` (one dict per
+    step). Step ``i`` gets ``seed + i``; ``threads`` goes to steps that take it and were not given
+    it. Used by :func:`lazyreg.align` (one task) and by piecewise alignment (one task per block).
 
     Examples
     --------
     >>> import lazyreg
-    >>> fixed, moving, truth = lazyreg.data.synthetic_pair((32, 64, 64), seed=0)
-    >>> A = lazyreg.align(fixed, moving, [("affine", {})])
-    >>> A.is_lazy
-    True
+    >>> fixed, moving, truth = lazyreg.data.synthetic_pair((16, 32, 32), seed=0)
+    >>> state = run_steps([("affine", {"shrink_factors": (1,)})], fixed, moving, initial=truth)
+    >>> state["field"] is None, [r["step"] for r in state["reports"]]
+    (True, ['affine'])
     """
-    validate_image(fixed, "fixed")
-    validate_image(moving, "moving")
-    parsed = parse_steps(steps)
-    fixed_mask = _check_mask(fixed_mask, fixed, "fixed_mask")
-    moving_mask = _check_mask(moving_mask, moving, "moving_mask")
-    if initial is None:
-        init: Any = np.eye(4)
-    else:
-        ts = normalize_transforms(initial, "initial")
-        if len(ts) != 1 or not isinstance(ts[0], Affine):
-            raise LazyregError("initial: expected one Affine (a displacement field cannot start a global alignment)")
-        init = ts[0].matrix
-    if not isinstance(seed, (int, np.integer)):
-        raise LazyregError(f"seed: expected an integer, got {seed!r}")
-    g_fixed = grid_of(fixed, "fixed")
-    deform = deform_options(parsed)
-    field_grid = _deform_grid(g_fixed, deform) if deform is not None else None
-
-    fx = dask.delayed(_in_memory, pure=True)(fixed)
-    mv = dask.delayed(_in_memory, pure=True)(moving)
-    fm = dask.delayed(_in_memory, pure=True)(fixed_mask)
-    mm = dask.delayed(_in_memory, pure=True)(moving_mask)
-    state = dask.delayed(_start, pure=True)(init)
-    for i, (name, opts) in enumerate(parsed):
-        state = dask.delayed(_run_step, pure=True)(name, opts, fx, mv, fm, mm, state, int(seed) + i, field_grid)
-    matrix = da.from_delayed(dask.delayed(_pick, pure=True)(state, "matrix"), (4, 4), dtype=np.float64)
-    report = dask.delayed(_pick, pure=True)(state, "reports")
-    affine = Affine(matrix, report=report)
-    if field_grid is None:
-        return affine
-    values = da.from_delayed(
-        dask.delayed(_pick, pure=True)(state, "field"), field_grid.shape + (3,), dtype=np.float32
-    )
-    field = DisplacementField.from_array(values, field_grid.spacing, field_grid.origin, report=report)
-    return [affine, field]
+    calls = parse_steps(steps)
+    check_seed(seed)
+    state = {"affine": Affine(np.eye(4) if initial is None else initial), "field": None, "reports": []}
+    for i, call in enumerate(calls):
+        state = _run_one(
+            call, fixed, moving, state, seed=int(seed) + i, masks=(fixed_mask, moving_mask), threads=threads,
+            field_grid=field_grid,
+        )
+    return state

@@ -1,0 +1,122 @@
+"""``align``: global alignment as a lazy pipeline of steps, each starting from the previous result."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from ..errors import LazyregError
+from ..images import check_mask, grid_of, validate_image
+from ..transforms.affine import Affine
+from ..transforms.field import DisplacementField
+from ..transforms.points import normalize_transforms
+from ..validation import check_seed
+from .steps import field_step_grid, parse_steps, run_steps
+
+__all__ = ["align"]
+
+
+def _in_memory(img: xr.DataArray | None) -> xr.DataArray | None:
+    return None if img is None else img.compute()
+
+
+def _run(calls: list, fixed, moving, fixed_mask, moving_mask, initial, seed: int, field_grid) -> dict:
+    state = run_steps(
+        calls, fixed, moving, fixed_mask=fixed_mask, moving_mask=moving_mask, initial=initial, seed=seed,
+        field_grid=field_grid,
+    )
+    field = state["field"]
+    return {
+        "matrix": np.asarray(state["affine"].matrix, dtype=np.float64),
+        "field": None if field is None else np.asarray(field.values, dtype=np.float32),
+        "reports": state["reports"],
+    }
+
+
+def _pick(state: dict, key: str) -> Any:
+    return state[key]
+
+
+def align(
+    fixed: xr.DataArray,
+    moving: xr.DataArray,
+    steps: Sequence[Any] | str,
+    *,
+    fixed_mask: xr.DataArray | None = None,
+    moving_mask: xr.DataArray | None = None,
+    initial: Any = None,
+    seed: int = 0,
+) -> Affine | list:
+    """Global alignment of ``moving`` to ``fixed`` by a pipeline of steps, returned lazily.
+
+    Nothing runs here: the result is an :class:`Affine` whose matrix is a dask array (or
+    ``[affine, field]`` when a step returns a displacement field, e.g. ``"deform"``) that can go
+    straight into :func:`lazyreg.apply_transform`, or be computed with ``.compute()``. Every
+    option of every step is checked now, before anything runs.
+
+    Parameters
+    ----------
+    fixed, moving : xarray.DataArray
+        Images (a downsampled level of large data: the steps load them into memory).
+    steps : sequence of (name, options), or str
+        Run in order, each starting from the previous result. Names (see
+        :data:`lazyreg.registration.steps.STEPS`, and :func:`lazyreg.register_step` for your
+        own): ``"ransac"`` (feature points + RANSAC, :func:`lazyreg.align_features`),
+        ``"random"`` (random affine search, :func:`lazyreg.random_affine_search`), ``"rigid"``
+        and ``"affine"`` (:func:`lazyreg.align_affine`), ``"deform"`` (B-spline or dense field,
+        :func:`lazyreg.align_deformable`; last). Options are those functions' keyword arguments.
+        A string of comma-separated names (``"ransac,affine"``) runs them with default options.
+    fixed_mask, moving_mask : xarray.DataArray, optional
+        Boolean images on each image's grid; restrict blob detection and metric sampling.
+    initial : Affine, optional
+        Starting transform (concrete or lazy); default identity.
+    seed : int
+        Seed for every random choice (step ``i`` gets ``seed + i``); results are deterministic.
+
+    Returns
+    -------
+    Affine or list
+        Lazy; ``.report`` holds (lazily) one dict per step: iterations, metric, blobs/inliers,
+        seconds. ``Affine.compute()`` computes matrix and report together.
+
+    Examples
+    --------
+    >>> import lazyreg
+    >>> fixed, moving, truth = lazyreg.data.synthetic_pair((32, 64, 64), seed=0)
+    >>> A = lazyreg.align(fixed, moving, [("affine", {})])
+    >>> A.is_lazy
+    True
+    >>> lazyreg.align(fixed, moving, [("affine", {"metric": "mattes"})])
+    Traceback (most recent call last):
+    ...
+    lazyreg.errors.LazyregError: steps[0] ('affine'): metric: unknown value 'mattes' (did you mean 'mattes_mi'?); valid: ...
+    """
+    validate_image(fixed, "fixed")
+    validate_image(moving, "moving")
+    calls = parse_steps(steps)
+    fixed_mask = check_mask(fixed_mask, fixed, "fixed_mask", "fixed")
+    moving_mask = check_mask(moving_mask, moving, "moving_mask", "moving")
+    if initial is None:
+        init: Any = np.eye(4)
+    else:
+        ts = normalize_transforms(initial, "initial")
+        if len(ts) != 1 or not isinstance(ts[0], Affine):
+            raise LazyregError("initial: expected one Affine (a displacement field cannot start a global alignment)")
+        init = ts[0].matrix
+    seed = check_seed(seed)
+    field_grid = field_step_grid(calls, grid_of(fixed, "fixed"))
+
+    images = [dask.delayed(_in_memory, pure=True)(x) for x in (fixed, moving, fixed_mask, moving_mask)]
+    state = dask.delayed(_run, pure=True)(calls, *images, init, seed, field_grid)
+    matrix = da.from_delayed(dask.delayed(_pick, pure=True)(state, "matrix"), (4, 4), dtype=np.float64)
+    report = dask.delayed(_pick, pure=True)(state, "reports")
+    affine = Affine(matrix, report=report)
+    if field_grid is None:
+        return affine
+    values = da.from_delayed(dask.delayed(_pick, pure=True)(state, "field"), field_grid.shape + (3,), dtype=np.float32)
+    field = DisplacementField.from_array(values, field_grid.spacing, field_grid.origin, report=report)
+    return [affine, field]
