@@ -314,6 +314,7 @@ def run_profile(work: Path, n: int) -> dict:
 
     import lazyreg
     import lazyreg.resample as R
+    from lazyreg.regions import sub_grid
     from lazyreg.io.omezarr import ZarrSource
     from lazyreg.io.source import ChunkCache
 
@@ -379,7 +380,7 @@ def run_profile(work: Path, n: int) -> dict:
         vals = np.asarray(mov.data[mid.region].compute())
         steps = [("affine", np.asarray(A.matrix), None)]
         t1 = time.perf_counter()
-        R.resample_array(vals, R._sub_grid(mid.moving, mid.region), mid.out, steps, order=1, fill_value=0, dtype=np.uint16, threads=1)
+        R.resample_array(vals, sub_grid(mid.moving, mid.region), mid.out, steps, order=1, fill_value=0, dtype=np.uint16, threads=1)
         dt = time.perf_counter() - t1
         single = {"voxels": int(np.prod(mid.out.shape)), "seconds": dt, "voxels_per_s": np.prod(mid.out.shape) / dt}
     # what the writer's codec costs: one output chunk written with to_zarr's zstd level 1 and others

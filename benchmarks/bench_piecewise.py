@@ -51,7 +51,7 @@ def main() -> None:
     import dask.array as da
 
     import lazyreg
-    from lazyreg.registration.piecewise import FOREGROUND_LEVEL, FOREGROUND_SIGMA
+    from lazyreg.registration.block_align import FOREGROUND_LEVEL, FOREGROUND_SIGMA
     from lazyreg.metrics import pearson
     from scipy import ndimage as ndi
 

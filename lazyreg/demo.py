@@ -20,7 +20,7 @@ from .io.open import open_image
 from .io.transform_files import save_transform
 from .metrics import pearson, transform_error
 from .registration.piecewise import align_piecewise
-from .registration.steps import align
+from .registration.pipeline import align
 from .resample import apply_transform
 from .transforms.affine import Affine
 from .transforms.field import DisplacementField

@@ -24,6 +24,13 @@ class Grid:
     """A regular voxel grid in physical space: voxel centres at ``origin + index * spacing``.
 
     All triples are in (z, y, x) order.
+
+    Examples
+    --------
+    >>> from lazyreg import Grid
+    >>> g = Grid((10, 20, 30), spacing=(2.0, 1.0, 1.0), origin=(5.0, 0.0, 0.0))
+    >>> g.to_physical([[1, 0, 0]]), g.extent[1]
+    (array([[7., 0., 0.]]), array([23., 19., 29.]))
     """
 
     shape: tuple[int, int, int]
@@ -246,7 +253,15 @@ def origin(img: xr.DataArray) -> tuple[float, float, float]:
 
 
 def grid_of(img: xr.DataArray, argname: str = "image") -> Grid:
-    """The :class:`Grid` (shape, spacing, origin) of a validated image."""
+    """The :class:`Grid` (shape, spacing, origin) of a validated image.
+
+    Examples
+    --------
+    >>> import numpy as np, lazyreg
+    >>> from lazyreg.images import grid_of
+    >>> grid_of(lazyreg.image(np.zeros((2, 3, 4)), spacing=(2, 1, 1), origin=(1, 0, 0)))
+    Grid(shape=(2, 3, 4), spacing=(2.0, 1.0, 1.0), origin=(1.0, 0.0, 0.0))
+    """
     validate_image(img, argname)
     return Grid(
         tuple(img.shape),

@@ -61,16 +61,19 @@ def affine_box(matrix: np.ndarray, box: Box) -> Box:
 
 
 def leaves_buffer(g: Grid, box: Box) -> bool:
-    """Whether part of the box lies outside the buffer of ``g`` (continuous index [-0.5, n - 0.5]).
+    """Whether part of the box lies outside the buffer of ``g`` (continuous index [-0.5, n - 0.5)).
+
+    A point at index exactly ``n - 0.5`` is outside, as for :func:`lazyreg.transforms.field.interpolate_field`
+    and SimpleITK (such a point is not displaced by a field on ``g``).
 
     Examples
     --------
     >>> g = Grid((4, 4, 4), 1.0)
-    >>> leaves_buffer(g, (np.zeros(3), np.full(3, 3.5))), leaves_buffer(g, (np.zeros(3), np.full(3, 3.6)))
+    >>> leaves_buffer(g, (np.zeros(3), np.full(3, 3.4))), leaves_buffer(g, (np.zeros(3), np.full(3, 3.5)))
     (False, True)
     """
     idx = g.to_index(np.stack(box))
-    return bool(np.any(idx[0] < -0.5) or np.any(idx[1] > np.asarray(g.shape) - 0.5))
+    return bool(np.any(idx[0] < -0.5) or np.any(idx[1] >= np.asarray(g.shape) - 0.5))
 
 
 def field_box(values: np.ndarray, full: Grid, box: Box) -> Box:

@@ -38,7 +38,7 @@ def align_command(args: argparse.Namespace, session: Session) -> None:
 
     from ..io.transform_files import save_affine, save_transform
     from ..progress import PeakMemory
-    from ..registration.steps import align
+    from ..registration.pipeline import align
 
     steps = read_steps(args.steps)
     fixed = open_input(args.fixed, "fixed")

@@ -237,6 +237,11 @@ def save_transform(
         )
     if _has_suffix(Path(os.fspath(path)), (".zarr",)):
         return save_field_zarr(transform, path, overwrite=overwrite)
+    if _has_suffix(Path(os.fspath(path)), (".nii", ".nii.gz")) and transform.grid.shape[0] == 1:
+        raise LazyregError(
+            f"path: NIfTI drops a trailing axis of length 1, and this field has a single z plane "
+            f"{transform.grid.shape}, so it would not read back as 3D; use .mha, .nrrd or .ome.zarr"
+        )
     path = _prepare_destination(path, overwrite)
     field = transform.compute()
     if _has_suffix(path, _FIELD_TRANSFORM_SUFFIXES):

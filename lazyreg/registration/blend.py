@@ -46,6 +46,14 @@ def local_displacement(result: dict, points: np.ndarray) -> np.ndarray:
     """Displacement ``u_b`` of one block result at physical points (N, 3).
 
     Aligned blocks evaluate their local map; filled blocks interpolate their fill; others are zero.
+
+    Examples
+    --------
+    >>> m = np.eye(4); m[:3, 3] = (0.0, 0.0, 2.0)
+    >>> local_displacement({"status": "ok", "matrix": m}, np.zeros((1, 3)))
+    array([[0., 0., 2.]])
+    >>> local_displacement({"status": "skipped"}, np.zeros((1, 3)))
+    array([[0., 0., 0.]])
     """
     if result["status"] == "ok":
         y = points
@@ -76,6 +84,17 @@ def fill_block(layout: BlockLayout, result: dict, *neighbours: dict) -> dict:
     weights ``prod_a max(0, 1 - |x_a - c_a| / (FILL_REACH * blocksize_a))`` around their centres.
     Each neighbour's displacement is evaluated at the point of its own region nearest to ``x``
     (constant extension), so the fill stays within the displacements the neighbours found.
+
+    Examples
+    --------
+    >>> from lazyreg import Grid
+    >>> from lazyreg.registration.blocks import block_layout
+    >>> layout = block_layout(Grid((32, 32, 32), 1.0), blocksize=16, overlap=0.25)
+    >>> m = np.eye(4); m[:3, 3] = 1.0
+    >>> ok = {"index": (0, 0, 1), "status": "ok", "matrix": m}
+    >>> filled = fill_block(layout, {"index": (0, 0, 0), "status": "failed"}, ok)
+    >>> np.allclose(filled["fill"][0], 1.0)
+    True
     """
     if result["status"] == "ok":
         return result
@@ -102,12 +121,28 @@ def field_chunk(layout: BlockLayout, chunk: Grid, *results: dict) -> np.ndarray:
     """Blend block results over one chunk of the field grid -> (Z, Y, X, 3) float32.
 
     ``results`` are (filled) results of every block whose weight may reach the chunk.
+
+    Examples
+    --------
+    >>> from lazyreg import Grid
+    >>> from lazyreg.registration.blocks import block_layout
+    >>> layout = block_layout(Grid((32, 32, 32), 1.0), blocksize=16, overlap=0.25)
+    >>> m = np.eye(4); m[:3, 3] = 1.0
+    >>> results = [{"index": i, "status": "ok", "matrix": m} for i in layout.indices()]
+    >>> out = field_chunk(layout, Grid((4, 4, 4), 1.0, origin=(14, 14, 14)), *results)
+    >>> out.shape, bool(np.allclose(out, 1.0))
+    ((4, 4, 4, 3), True)
     """
     coords = chunk.coords()
     zc, yc, xc = (coords[d] for d in "zyx")
+    # field nodes past the last fixed voxel (a coarse field grid) take the weights of the nearest
+    # fixed position: no block's weight reaches beyond the volume, and a node with no weight
+    # would get zero displacement, pulling the last field interval towards zero
+    lo, hi = layout.grid.extent
+    clamped = [np.clip(c, lo[a], hi[a]) for a, c in enumerate((zc, yc, xc))]
     weights = []
     for r in results:
-        w = [layout.weights_1d(r["index"], a, c) for a, c in enumerate((zc, yc, xc))]
+        w = [layout.weights_1d(r["index"], a, c) for a, c in enumerate(clamped)]
         if all(v.any() for v in w):
             weights.append((r, w))
     out = np.zeros(chunk.shape + (3,), dtype=np.float32)

@@ -53,7 +53,15 @@ REPORT_KEYS = ("index", "status", "reason", "foreground", "inside", "metric_befo
 
 @dataclass(frozen=True)
 class BlockTask:
-    """What a block task needs to know besides its images (small, pickled into the graph)."""
+    """What a block task needs to know besides its images (small, pickled into the graph).
+
+    Examples
+    --------
+    >>> from lazyreg import Grid
+    >>> g = Grid((16, 16, 16), 1.0)
+    >>> BlockTask((0, 0, 0), g, (), None, (np.zeros(3), np.full(3, 15.0)), (), 0.5, 0, False).index
+    (0, 0, 0)
+    """
 
     index: tuple[int, int, int]
     region: Grid

@@ -36,6 +36,13 @@ class BlockLayout:
         Core size in voxels (z, y, x).
     pad : tuple of int
         Overlap padding on each side, voxels.
+
+    Examples
+    --------
+    >>> from lazyreg import Grid
+    >>> layout = block_layout(Grid((40, 64, 80), 1.0), blocksize=32, overlap=0.25)
+    >>> layout.nblocks, layout.pad, layout.region((0, 1, 2))
+    ((2, 2, 3), (8, 8, 8), (slice(0, 40, None), slice(24, 64, None), slice(56, 80, None)))
     """
 
     grid: Grid
@@ -101,9 +108,17 @@ class BlockLayout:
         return size / 2.0 + pad
 
     def blocks_touching(self, lo: np.ndarray, hi: np.ndarray) -> list[tuple[int, int, int]]:
-        """Blocks whose weight is non-zero somewhere in the physical box ``[lo, hi]``."""
+        """Blocks whose weight is non-zero somewhere in the physical box ``[lo, hi]``.
+
+        The box is first clamped to the fixed volume's extent, as the blending weights are
+        (:func:`lazyreg.registration.blend.field_chunk`): a field node beyond the volume takes the
+        weights of the nearest fixed position.
+        """
         size, _ = self._physical()
         reach = self.reach()
+        g_lo, g_hi = self.grid.extent
+        lo = np.clip(np.asarray(lo, dtype=float), g_lo, g_hi)
+        hi = np.clip(np.asarray(hi, dtype=float), g_lo, g_hi)
         ranges = []
         for a in range(3):
             first = self.centre((0, 0, 0))[a]
