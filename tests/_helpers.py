@@ -1,49 +1,14 @@
-"""Test helpers: an instrumented in-memory store and eager references."""
+"""Test helpers: eager references (SimpleITK, scipy), smooth volumes, and a transform error in voxels."""
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+import lazyreg
 from lazyreg.images import Grid, grid_of
-from lazyreg.io.source import Source, from_source
-
-_LOCK = threading.Lock()
-
-
-class CountingSource(Source):
-    """An in-memory source that records every region it reads (shared across pickles in-process)."""
-
-    registry: dict[int, list] = {}
-
-    def __init__(self, values: np.ndarray, grid: Grid, chunks=(16, 16, 16)):
-        self.values = values
-        self.grid = grid
-        self.dtype = values.dtype
-        self.chunks = tuple(chunks)
-        self.id = id(self)
-        CountingSource.registry[self.id] = []
-
-    def read(self, index):
-        with _LOCK:
-            CountingSource.registry[self.id].append(index)
-        return self.values[index].copy()
-
-    def token(self) -> str:
-        return f"counting-{self.id}"
-
-    @property
-    def reads(self) -> list:
-        return CountingSource.registry[self.id]
-
-
-def counting_image(img, chunks=(16, 16, 16)):
-    """A store-backed copy of an in-memory image whose reads are recorded."""
-    src = CountingSource(np.asarray(img.values), grid_of(img), chunks)
-    return from_source(src), src
+from lazyreg.metrics import transform_error
 
 
 def smooth_volume(shape, seed=0, sigma=2.0, dtype=np.float32):
@@ -93,3 +58,8 @@ def scipy_reference(fixed, moving, mapped_points: np.ndarray, order=1, fill=0.0)
     vals = ndimage.map_coordinates(np.asarray(moving.values, dtype=np.float64), idx.T, order=order, mode="nearest")
     vals[~inside] = fill
     return vals.reshape(gf.shape), safe.reshape(gf.shape)
+
+
+def voxel_error(est, truth, fixed) -> float:
+    """Mean distance, in fixed voxels, between the fixed grid's points mapped by two affines."""
+    return float(transform_error(lazyreg.Affine(est), lazyreg.Affine(truth), lazyreg.images.grid_of(fixed)).mean())

@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 import lazyreg
+from _helpers import voxel_error
 from lazyreg import LazyregError
 from lazyreg.registration import features
 from lazyreg.registration.blobs import blob_sigmas, detect_blobs, detect_factors
@@ -20,13 +21,7 @@ SHAPE, SPACING = (64, 128, 128), (2.0, 1.0, 1.0)
 CENTRE = np.array([63.0, 63.5, 63.5])
 
 
-def mean_voxel_error(est, truth, fixed, step=4):
-    """Mean |est(p) - truth(p)| over a grid of fixed points, in fixed voxels (per axis)."""
-    g = grid_of(fixed)
-    idx = np.stack(np.meshgrid(*[np.arange(0, s, step) for s in g.shape], indexing="ij"), -1).reshape(-1, 3)
-    p = g.to_physical(idx)
-    d = (p @ est[:3, :3].T + est[:3, 3]) - (p @ truth[:3, :3].T + truth[:3, 3])
-    return float(np.linalg.norm(d / np.asarray(g.spacing), axis=1).mean())
+
 
 
 def affine(angles=(0, 0, 0), scale=(1, 1, 1), shear=0.0, shift=(0, 0, 0)) -> np.ndarray:
@@ -198,10 +193,10 @@ def test_ransac_bad_inputs(kwargs, match):
 @pytest.mark.parametrize("name", list(CASES))
 def test_align_features_recovers_known_affines(pairs, name):
     fixed, moving, truth = pairs(name)
-    assert mean_voxel_error(np.eye(4), truth, fixed) > 10
+    assert voxel_error(np.eye(4), truth, fixed) > 10
     _T = align_features(fixed, moving, seed=0)
     m, report = np.asarray(_T.matrix), _T.report
-    err = mean_voxel_error(m, truth, fixed)
+    err = voxel_error(m, truth, fixed)
     assert err < 1.5, (err, report)
     assert report["fallback"] is None
     assert report["fixed_blobs"] >= 50 and report["moving_blobs"] >= 50
@@ -236,7 +231,7 @@ def test_align_features_with_user_points(pairs):
     _T = align_features(fixed, moving, fixed_points=np.vstack([fp, outside]), moving_points=mp)
     m, report = np.asarray(_T.matrix), _T.report
     assert report["fixed_blobs"] == len(fp) and report["fixed_points_outside"] == 1
-    assert mean_voxel_error(m, truth, fixed) < 1.5
+    assert voxel_error(m, truth, fixed) < 1.5
 
 
 def test_align_features_with_masks(pairs):
@@ -245,7 +240,7 @@ def test_align_features_with_masks(pairs):
     fmask[:, :, :96] = True
     _T = align_features(fixed, moving, fixed_mask=lazyreg.image(fmask, SPACING))
     m, report = np.asarray(_T.matrix), _T.report
-    assert mean_voxel_error(m, truth, fixed) < 1.5
+    assert voxel_error(m, truth, fixed) < 1.5
     _T = align_features(fixed, moving)
     _, full = np.asarray(_T.matrix), _T.report
     assert report["fixed_blobs"] < full["fixed_blobs"]
@@ -257,7 +252,7 @@ def test_initial_scale_is_undone_and_result_is_complete(pairs):
     rough = truth @ affine((3, 0, 0), shift=(4, -3, 2))
     _T = align_features(fixed, moving, initial=rough)
     m, report = np.asarray(_T.matrix), _T.report
-    assert mean_voxel_error(m, truth, fixed) < 1.5
+    assert voxel_error(m, truth, fixed) < 1.5
     assert report["start"] == "global matches"
 
 
@@ -269,7 +264,7 @@ def test_initial_rescues_when_descriptors_find_no_consistent_matches(pairs, monk
     _T = align_features(fixed, moving, initial=rough)
     m, report = np.asarray(_T.matrix), _T.report
     assert report["start"] == "initial" and report["matches"] == 0
-    assert mean_voxel_error(m, truth, fixed) < 1.5
+    assert voxel_error(m, truth, fixed) < 1.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,4 +393,4 @@ def test_large_rotations_and_scale(angle):
                                           moving_shape=(64, 128, 128))
     _T = align_features(fixed, moving)
     m, report = np.asarray(_T.matrix), _T.report
-    assert mean_voxel_error(m, truth, fixed) < 1.0, report
+    assert voxel_error(m, truth, fixed) < 1.0, report

@@ -239,15 +239,15 @@ def test_forced_failure_is_recorded_logged_and_covered(warped, monkeypatch, capl
 
 
 @pytest.mark.slow
-def test_threads_and_local_cluster_agree_and_seed_is_deterministic(warped):
-    from distributed import Client, LocalCluster
+def test_threads_and_local_cluster_agree_and_seed_is_deterministic(warped, local_cluster):
+    from distributed import Client
 
     fixed, moving, A, _ = warped
     kw = dict(blocksize=(16, 40, 40), static_transforms=[Affine(A)], foreground_fraction=0.05, seed=3)
     steps = [("affine", {"optimizer_args": {"numberOfIterations": 20}})]
     a = lazyreg.align_piecewise(fixed, moving, steps, **kw).compute(scheduler="threads")
     b = lazyreg.align_piecewise(fixed, moving, steps, **kw).compute(scheduler="threads")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl, Client(cl):
+    with Client(local_cluster):
         c = lazyreg.align_piecewise(fixed, moving, steps, **kw).compute()
     assert np.array_equal(a.values, b.values)
     assert np.array_equal(a.values, c.values)

@@ -16,18 +16,14 @@ import numpy as np
 import pytest
 
 import lazyreg
+from _helpers import voxel_error
 from lazyreg.images import grid_of
 from lazyreg.metrics import pearson
 
 REFERENCE = Path(__file__).parent / "data" / "tutorial_reference_affine.json"
 
 
-def _mapped_point_error(a: np.ndarray, b: np.ndarray, g, step: int = 4) -> float:
-    idx = np.stack(np.meshgrid(*[np.arange(0, s, step) for s in g.shape], indexing="ij"), -1).reshape(-1, 3)
-    p = g.to_physical(idx)
-    pa = p @ a[:3, :3].T + a[:3, 3]
-    pb = p @ b[:3, :3].T + b[:3, 3]
-    return float(np.linalg.norm((pa - pb) / np.asarray(g.spacing), axis=1).mean())
+
 
 
 @pytest.mark.slow
@@ -45,5 +41,5 @@ def test_ransac_affine_on_the_tutorial_pair_matches_bigstream_and_the_reference(
     assert identity < 0.1
     assert after >= 0.46, (after, A.report)  # bigstream's result scores 0.46
     ref = json.loads(REFERENCE.read_text())
-    err = _mapped_point_error(np.asarray(A.matrix), np.asarray(ref["matrix"]), grid_of(fix))
+    err = voxel_error(A, ref["matrix"], fix)
     assert err < 2.0, (err, ref["pearson"])

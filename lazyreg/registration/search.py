@@ -12,7 +12,7 @@ from scipy import ndimage
 from ..errors import LazyregError
 from ..images import Grid, check_mask, grid_of, validate_image
 from ..transforms.affine import Affine, as_matrix, rotation_matrices
-from ..validation import check_int, check_number, check_seed
+from ..validation import check_int, check_number, check_seed, check_triple
 
 __all__ = ["random_affine_search", "validate_search_options"]
 
@@ -33,9 +33,9 @@ def _coarse(img: xr.DataArray, target_voxels: int) -> tuple[np.ndarray, Grid]:
 
 
 def _param_triple(v: Any, name: str) -> np.ndarray:
-    arr = np.broadcast_to(np.asarray(v, dtype=float), (3,)).copy()
-    if np.any(arr < 0) or not np.all(np.isfinite(arr)):
-        raise LazyregError(f"{name}: expected non-negative finite numbers, got {v!r}")
+    arr = np.asarray(check_triple(v, name, "the largest change"))
+    if np.any(arr < 0):
+        raise LazyregError(f"{name}: expected non-negative numbers, got {v!r}")
     return arr
 
 
