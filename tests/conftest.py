@@ -31,3 +31,12 @@ def local_cluster():
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         yield cluster
+
+
+@pytest.fixture(autouse=True)
+def _fresh_result_cache():
+    """Every test starts with no registration result cached in this process."""
+    from lazyreg.result_cache import clear_cache
+
+    clear_cache(client=False)
+    yield

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import LazyregError
 from ..images import Grid
-from .source import Source
+from .source import Source, file_stamp
 
 __all__ = ["N5Source", "is_n5", "n5_datasets", "open_n5"]
 
@@ -246,7 +246,7 @@ class N5Source(Source):
                 "container); pass spacing=(z, y, x)"
             )
         self.grid = Grid(tuple(dims[::-1]), found if spacing is None else spacing, origin)
-        self._mtime = (self.path / "attributes.json").stat().st_mtime_ns
+        self._mtime = file_stamp(self.path)
         _open_store(str(self.path), self.token())  # fail now, not in a worker, if tensorstore cannot read it
 
     def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:

@@ -13,9 +13,12 @@ single-task dask array. :class:`ChunkCache` keeps decoded chunks for tasks whose
 from __future__ import annotations
 
 import abc
+import hashlib
+import os
 import itertools
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Sequence
 
 import dask
@@ -28,7 +31,8 @@ from dask.highlevelgraph import HighLevelGraph
 from ..errors import LazyregError
 from ..images import Grid, grid_of, image
 
-__all__ = ["Source", "ChunkCache", "chunk_cache_bytes", "from_source", "find_source", "read_region", "region_array"]
+__all__ = [
+    "file_stamp","Source", "ChunkCache", "chunk_cache_bytes", "from_source", "find_source", "read_region", "region_array"]
 
 _NAME_PREFIX = "lazyreg-read-"
 # Graph layers that only select or re-chunk data: the values at a physical point are unchanged.
@@ -431,3 +435,37 @@ def region_array(img: xr.DataArray, region: Any, *, data: da.Array | None = None
     layer = {(name,) + (0,) * len(shape): (read_region, source, start, step, region)}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     return da.Array(graph, name, chunks=tuple((n,) for n in shape), meta=np.empty((0,) * len(shape), dtype=source.dtype))
+
+
+def file_stamp(path: str | os.PathLike) -> str:
+    """A short hash of the names, sizes and modification times of every file at ``path`` (a file or
+    a directory tree): it changes when any of them is rewritten. Part of every source's token, so
+    results computed from an input (:mod:`lazyreg.result_cache`) are never served for a changed
+    one. Costs one ``stat`` per file (about 1 s per 100 000 files on a local disk).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a").write_bytes(b"1")
+    >>> before = file_stamp(d)
+    >>> _ = (d / "a").write_bytes(b"22")
+    >>> file_stamp(d) != before
+    True
+    """
+    p = Path(path)
+    h = hashlib.sha1()
+    if p.is_file():
+        st = p.stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+    for root, dirs, files in os.walk(p):
+        dirs.sort()
+        for name in sorted(files):
+            f = Path(root) / name
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]

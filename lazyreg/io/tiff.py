@@ -14,7 +14,7 @@ import zarr
 from ..errors import LazyregError
 from ..images import Grid
 from .n5 import unit_name
-from .source import HandleSource
+from .source import HandleSource, file_stamp
 
 __all__ = ["TiffSource", "is_tiff"]
 
@@ -138,7 +138,7 @@ class TiffSource(HandleSource):
         self.grid = Grid(shape, found if spacing is None else spacing)
         auto = da.core.normalize_chunks("auto", shape, limit=_CHUNK_BYTES, dtype=self.dtype, previous_chunks=native)
         self.chunks = tuple(int(c[0]) for c in auto)  # type: ignore[assignment]
-        self._mtime = self.path.stat().st_mtime_ns
+        self._mtime = file_stamp(self.path)
 
     def open(self) -> Any:
         return zarr.open(tifffile.imread(self.path, aszarr=True, series=0, level=0), mode="r")

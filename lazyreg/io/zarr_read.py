@@ -18,7 +18,7 @@ from dask.base import tokenize
 
 from ..errors import LazyregError
 from ..images import DIMS, Grid
-from .source import HandleSource
+from .source import HandleSource, file_stamp
 
 __all__ = ["ZarrSource", "OmeZarrArray", "is_zarr", "open_zarr", "read_ome_zarr"]
 
@@ -77,7 +77,7 @@ class ZarrSource(HandleSource):
         self.dtype = np.dtype(arr.dtype)
         native = getattr(arr, "shards", None) or arr.chunks
         self.chunks = tuple(int(native[self.layout.index(d)]) for d in DIMS)  # type: ignore[assignment]
-        self._mtime = max((self.path / m).stat().st_mtime_ns for m in _META_FILES if (self.path / m).is_file())
+        self._mtime = file_stamp(self.path)
 
     def open(self) -> Any:
         return zarr.open_array(store=str(self.path), mode="r")
@@ -377,7 +377,7 @@ def read_ome_zarr(path: str | Path, *, level: int = 0) -> OmeZarrArray:
         raise LazyregError(f"path: {p} declares {len(axes)} axes but its array has {arr.ndim} dimensions")
     scale, shift = _compose(ds.get("coordinateTransformations"), arr.ndim, str(p))
     s2, t2 = _compose(ms[0].get("coordinateTransformations"), arr.ndim, str(p))
-    mtime = (p / ds["path"] / "zarr.json").stat().st_mtime_ns if (p / ds["path"] / "zarr.json").exists() else 0
+    mtime = file_stamp(p / ds["path"])
     data = da.from_zarr(arr, name="lazyreg-omezarr-" + tokenize(str(p), ds["path"], mtime))
     others = {k: v for k, v in attrs.items() if k not in ("ome", "multiscales", WRITE_MARKER)}
     return OmeZarrArray(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 from typing import Any, Sequence
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -36,10 +35,12 @@ from ..resample import apply_transform
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 from ..transforms.points import normalize_transforms
+from ..result_cache import Deferred, Ref, cached_call
 from ..validation import check_number, check_seed
 from .blend import field_chunk, fill_block
 from .block_align import FOREGROUND_LEVEL, BlockTask, align_block, report_rows
 from .blocks import BlockLayout, block_layout
+from .inputs import sample_recipe, single_chunk_recipe
 from .steps import field_step_grid, parse_steps
 
 __all__ = ["align_piecewise"]
@@ -57,15 +58,18 @@ def _auto_threshold(sample: np.ndarray) -> float:
     return float(lo + FOREGROUND_LEVEL * (hi - lo))
 
 
-def _threshold(fixed: xr.DataArray, given: float | None) -> Any:
-    """The foreground threshold: given, or from a strided sample of ``fixed`` (lazy)."""
+def _threshold(fixed: xr.DataArray, given: float | None, collections: list) -> Any:
+    """The foreground threshold: given, or a task on a sample of ``fixed`` (computed once)."""
     if given is not None:
         return float(given)
-    step = max(1, int(np.ceil((np.prod(fixed.shape) / THRESHOLD_SAMPLES) ** (1 / 3))))
-    sample = fixed.data[::step, ::step, ::step]
-    if isinstance(sample, da.Array):
-        return dask.delayed(_auto_threshold, pure=True)(sample)
-    return _auto_threshold(np.asarray(sample))
+    token = tokenize(fixed.data, grid_of(fixed, "fixed"), THRESHOLD_SAMPLES)
+    deps: list = []
+    recipe = Deferred([sample_recipe(fixed, THRESHOLD_SAMPLES, deps, collections)])
+    name = f"lazyreg-threshold-{token}"
+    layer = {name: (cached_call, f"threshold:{token}", "threshold", _auto_threshold, recipe, *deps)}
+    d = Delayed(name, HighLevelGraph.from_collections(name, layer, dependencies=list(collections)))
+    collections.append(d)
+    return name
 
 
 def _static_args(static: list) -> tuple[tuple, list]:
@@ -97,34 +101,13 @@ def _field_grid(fixed: Grid, field_spacing: Any) -> Grid:
     return Grid(tuple(int(n) for n in shape), tuple(sp), tuple(first))
 
 
-def _single(x: Any, collections: list) -> Any:
-    """The key of a one-chunk dask array or a Delayed (noted in ``collections``), or the value."""
+def _key(x: Any, collections: list) -> Any:
+    """The key of a one-chunk dask array (noted in ``collections``), or the value itself."""
     if isinstance(x, da.Array):
         x = x.rechunk(x.shape) if x.npartitions != 1 else x
         collections.append(x)
         return (x.name,) + (0,) * x.ndim
-    if isinstance(x, Delayed):
-        collections.append(x)
-        return x.key
     return x
-
-
-def _inline(x: Any, collections: list) -> Any:
-    """The task of a one-chunk dask array, nested in the block task so that it runs inside it.
-
-    A block's inputs (its fixed region, its moving region resampled through the static transforms,
-    its mask) are then read only when a worker aligns the block: as separate tasks, a
-    dask.distributed worker reads them ahead of the block tasks and holds or spills them. The
-    array's other tasks (e.g. the moving image's reader, shared by all blocks) stay graph tasks;
-    its own key is left unreferenced and culled. Falls back to :func:`_single` for anything else.
-    """
-    if isinstance(x, da.Array) and x.npartitions == 1:
-        layer = x.__dask_graph__().layers.get(x.name)
-        t = layer.get((x.name,) + (0,) * x.ndim) if layer is not None else None
-        if isinstance(t, tuple) and t and callable(t[0]):
-            collections.append(x)
-            return t
-    return _single(x, collections)
 
 
 def align_piecewise(
@@ -216,7 +199,8 @@ def align_piecewise(
         foreground_threshold = check_number(foreground_threshold, "foreground_threshold")
     seed = check_seed(seed)
     fgrid = _field_grid(g_fixed, field_spacing)
-    token = tokenize(fixed.data, moving.data, [c.as_pair() for c in calls], layout,
+    token = tokenize(fixed.data, moving.data, g_fixed, grid_of(moving, "moving"),
+                     [(c.as_pair(), c.step.func, c.step.fixed_options) for c in calls], layout,
                      [getattr(t, "data", None) for t in static], [getattr(t, "matrix", None) for t in static],
                      None if fixed_mask is None else fixed_mask.data, ff, foreground_threshold, fgrid, seed)
     names = {k: f"lazyreg-{k}-{token}" for k in ("block", "fill", "piecewise", "piecewise-report")}
@@ -247,8 +231,8 @@ def align_piecewise(
 def _block_tasks(name, calls, layout: BlockLayout, fixed, moving, static, fixed_mask, ff, threshold, seed, collections) -> dict:
     """One task per block: its inputs (read inside it), the steps, the static transforms' values."""
     kinds, sargs = _static_args(static)
-    static_keys = [_single(a, collections) for a in sargs]
-    thr = _single(_threshold(fixed, threshold) if fixed_mask is None else 0.0, collections)
+    static_keys = [_key(a, collections) for a in sargs]
+    thr = _threshold(fixed, threshold, collections) if fixed_mask is None else 0.0
     # in-memory arrays become one dask array each, so block regions are views, not graph copies
     fixed_arr = fixed.data if isinstance(fixed.data, da.Array) else da.from_array(fixed.data, chunks=layout.blocksize)
     mask_arr = None
@@ -265,12 +249,24 @@ def _block_tasks(name, calls, layout: BlockLayout, fixed, moving, static, fixed_
             chunks=rgrid.shape,
         ).data
         mk = region_array(fixed_mask, region, data=mask_arr) if mask_arr is not None else None
-        args = [_inline(x, collections) for x in (fx, mv, mk)]
+        # the block's inputs run inside its task, and only when its result is not cached yet: as
+        # tasks of their own, they would run each time, and dask.distributed workers would read
+        # them ahead of the blocks and hold or spill them
+        deps: list = []
+        inputs = [single_chunk_recipe(x, deps, collections) for x in (fx, mv, mk)]
         task = BlockTask(
             index=idx, region=rgrid, steps=tuple(calls), field_grid=field_step_grid(calls, rgrid), moving_extent=extent,
             static_kinds=kinds, foreground_fraction=ff, seed=int(seed) + 100 * n, has_mask=fixed_mask is not None,
         )
-        layer[(name,) + idx] = (align_block, task, *args, thr, *static_keys)
+        refs = []
+        for k in [thr, *static_keys]:
+            if isinstance(k, (str, tuple)):
+                deps.append(k)
+                refs.append(Ref(len(deps) - 1))
+            else:
+                refs.append(k)
+        recipe = Deferred([task, *inputs, *refs])
+        layer[(name,) + idx] = (cached_call, f"block:{name}:{idx}", "block", align_block, recipe, *deps)
     return layer
 
 

@@ -8,20 +8,21 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import LazyregError
 from ..images import check_mask, grid_of, validate_image
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 from ..transforms.points import normalize_transforms
+from ..result_cache import Deferred, Ref, cached_call
 from ..validation import check_seed
+from .inputs import image_recipe
 from .steps import field_step_grid, parse_steps, run_steps
 
 __all__ = ["align"]
-
-
-def _in_memory(img: xr.DataArray | None) -> xr.DataArray | None:
-    return None if img is None else img.compute()
 
 
 def _run(calls: list, fixed, moving, fixed_mask, moving_mask, initial, seed: int, field_grid) -> dict:
@@ -110,8 +111,7 @@ def align(
     seed = check_seed(seed)
     field_grid = field_step_grid(calls, grid_of(fixed, "fixed"))
 
-    images = [dask.delayed(_in_memory, pure=True)(x) for x in (fixed, moving, fixed_mask, moving_mask)]
-    state = dask.delayed(_run, pure=True)(calls, *images, init, seed, field_grid)
+    state = _state(calls, fixed, moving, fixed_mask, moving_mask, init, seed, field_grid)
     matrix = da.from_delayed(dask.delayed(_pick, pure=True)(state, "matrix"), (4, 4), dtype=np.float64)
     report = dask.delayed(_pick, pure=True)(state, "reports")
     affine = Affine(matrix, report=report)
@@ -120,3 +120,28 @@ def align(
     values = da.from_delayed(dask.delayed(_pick, pure=True)(state, "field"), field_grid.shape + (3,), dtype=np.float32)
     field = DisplacementField.from_array(values, field_grid.spacing, field_grid.origin, report=report)
     return [affine, field]
+
+
+def _state(calls, fixed, moving, fixed_mask, moving_mask, init, seed: int, field_grid) -> Delayed:
+    """One task running every step, computed at most once per session (:mod:`lazyreg.result_cache`).
+
+    Store-backed images are read inside the task, only when its result is not cached yet.
+    """
+    deps: list = []
+    collections: list = []
+    images = [image_recipe(x, deps, collections) for x in (fixed, moving, fixed_mask, moving_mask)]
+    if isinstance(init, da.Array):
+        collections.append(init)
+        deps.append((init.name, 0, 0))
+        init_spec: Any = Ref(len(deps) - 1)
+    else:
+        init_spec = np.asarray(init, dtype=float)
+    token = tokenize(
+        "align", [(c.as_pair(), c.step.func, c.step.fixed_options) for c in calls],
+        [None if x is None else x.data for x in (fixed, moving, fixed_mask, moving_mask)],
+        [None if x is None else grid_of(x) for x in (fixed, moving)], init, seed, field_grid,
+    )
+    name = f"lazyreg-align-{token}"
+    recipe = Deferred([calls, *images, init_spec, seed, field_grid])
+    layer = {name: (cached_call, f"align:{token}", "align", _run, recipe, *deps)}
+    return Delayed(name, HighLevelGraph.from_collections(name, layer, dependencies=collections))

@@ -329,6 +329,21 @@ class Affine:
             (m,), rep = dask.compute(self.matrix, **kwargs), self.report
         return Affine(np.asarray(m), report=rep)
 
+    def persist(self, **kwargs: Any) -> Affine:
+        """The affine with its matrix and report in memory, for use in further graphs.
+
+        An affine is 16 numbers, so this is :meth:`compute`: graphs built on the result never
+        run the alignment again (without it, registration results are still computed once per
+        session, see :mod:`lazyreg.result_cache`). Keyword arguments go to :func:`dask.compute`.
+
+        Examples
+        --------
+        >>> import dask.array as da, numpy as np, lazyreg
+        >>> lazyreg.Affine(da.from_array(np.eye(4))).persist().is_lazy
+        False
+        """
+        return self.compute(**kwargs)
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         m = np.array(self.compute().matrix, dtype=np.float64)  # always a writable copy
         return m.astype(dtype, copy=False) if dtype is not None else m

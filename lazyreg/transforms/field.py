@@ -337,6 +337,29 @@ class DisplacementField:
             (data,), rep = dask.compute(self.data, **kwargs), self.report
         return DisplacementField(data, report=rep)
 
+    def persist(self, **kwargs: Any) -> DisplacementField:
+        """The field with its values held in memory (dask-backed still) and its report computed.
+
+        With dask.distributed the values stay on the workers (as futures); otherwise in this
+        process. Graphs built on the result read the held values: nothing before them runs
+        again. Keyword arguments go to :func:`dask.persist`.
+
+        Examples
+        --------
+        >>> import dask.array as da, lazyreg
+        >>> D = lazyreg.DisplacementField.from_array(da.zeros((2, 2, 2, 3)), 1.0).persist()
+        >>> D.is_lazy, len(D.data.data.dask)
+        (True, 1)
+        """
+        if not self.is_lazy:
+            return self
+        if dask.is_dask_collection(self.report):
+            data, rep = dask.persist(self.data.data, self.report, **kwargs)
+            (rep,) = dask.compute(rep)
+        else:
+            (data,), rep = dask.persist(self.data.data, **kwargs), self.report
+        return DisplacementField(self.data.copy(data=data), report=rep)
+
     def inverse(
         self,
         *,
