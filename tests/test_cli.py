@@ -158,6 +158,8 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
     report = json.loads((out / "report.json").read_text())
     assert report["command"] == "align-piecewise" and report["static"] == [str(pair.affine)]
     assert len(report["blocks"]) == 4  # 1 x 2 x 2 blocks of 24 voxels
+    # every block ran exactly once, though the field, its report, the image and the checks use them
+    assert report["registration_results"]["block"]["computed"] == 4, report["registration_results"]
     assert {b["status"] for b in report["blocks"]} <= {"ok", "skipped", "failed"}
     assert report["block_counts"].get("ok", 0) >= 2
     assert set(report["jacobian"]) == {"min", "max", "folded_fraction"} and report["jacobian"]["min"] > 0

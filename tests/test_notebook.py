@@ -72,6 +72,10 @@ def test_tutorial_executes(tutorial_dir: Path, tmp_path: Path, kernel_name: str,
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
     nb = nbformat.read(copy, as_version=4)
+    # after the tutorial: what the registration tasks computed and reused in the kernel
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import json, lazyreg.result_cache\nprint('CACHE ' + json.dumps(lazyreg.result_cache.cache_info()))"
+    ))
     client = NotebookClient(
         nb, timeout=CELL_TIMEOUT, kernel_name=kernel_name, resources={"metadata": {"path": str(work)}}
     )
@@ -81,6 +85,9 @@ def test_tutorial_executes(tutorial_dir: Path, tmp_path: Path, kernel_name: str,
     nbformat.write(nb, copy)  # kept in tmp_path for a look after a failure
     assert not _errors(nb)
 
+    cache = json.loads(next(
+        line[len("CACHE "):] for o in nb.cells[-1].outputs for line in o.get("text", "").splitlines() if line.startswith("CACHE ")
+    ))
     s = _summary(nb)
     print(f"notebook: {seconds:.0f} s wall; summary {s}")
     # global alignment (../shared/data/README.md: ~0.06 unaligned, a good affine > 0.45)
@@ -89,6 +96,9 @@ def test_tutorial_executes(tutorial_dir: Path, tmp_path: Path, kernel_name: str,
     assert s["pearson_affine_overlap"] >= 0.8
     # piecewise: some blocks aligned, the field improves on the affine and does not fold
     assert s["blocks"].get("ok", 0) >= 1
+    # every block ran exactly once, though the notebook writes, computes, plots and checks the field
+    assert cache["block"]["computed"] == sum(s["blocks"].values()), cache
+    assert cache["align"]["computed"] == 1, cache
     assert s["pearson_piecewise_overlap"] > s["pearson_affine_overlap2"]
     assert s["pearson_piecewise"] > s["pearson_affine"]
     assert s["jacobian_min"] > 0
@@ -120,5 +130,8 @@ def test_committed_notebook_is_executed_and_small():
     assert not _errors(nb)
     pngs = sum("image/png" in out.get("data", {}) for c in code for out in c.get("outputs", []))
     assert pngs >= 6
+    cache = json.loads(next(
+        line[len("CACHE "):] for o in nb.cells[-1].outputs for line in o.get("text", "").splitlines() if line.startswith("CACHE ")
+    ))
     s = _summary(nb)
     assert s["pearson_affine"] >= 0.45

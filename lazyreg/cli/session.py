@@ -50,6 +50,7 @@ class Session:
         self.args = args
         self.progress = Progress("off" if args.quiet else "auto")
         self.scheduler: dict = {}
+        self.client: Any = None  # the dask.distributed client while dask_scheduler runs
         self.t0 = time.perf_counter()
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -81,6 +82,7 @@ class Session:
             "versions": versions(),
             "scheduler": self.scheduler,
             **fields,
+            "registration_results": registration_counts(self.client),
             "seconds": self.seconds,
             "phases": {k: {"seconds": v["seconds"], "tasks": v["tasks"]} for k, v in self.progress.phases.items()},
             "peak_memory": memory.result() | {"scope": self._memory_scope()},
@@ -185,9 +187,11 @@ def dask_scheduler(session: Session) -> Iterator[dict]:
     client, cluster = _connect(args)
     try:
         _describe_cluster(session, client, local=cluster is not None)
+        session.client = client
         with session.progress.distributed(client):
             yield session.scheduler
     finally:
+        session.client = None
         client.close()
         if cluster is not None:
             logging.getLogger("distributed").setLevel(logging.CRITICAL)  # no shutdown chatter
@@ -311,3 +315,28 @@ def compute_together(*objs: Any) -> tuple:
     import dask
 
     return dask.compute(dask.delayed(_values, pure=True)(*objs))[0]
+
+
+def registration_counts(client: Any = None) -> dict:
+    """Registration results computed, reused and fetched, per kind of task, in this process or
+    summed over a cluster's workers (:func:`lazyreg.result_cache.cache_info`).
+
+    Examples
+    --------
+    >>> from lazyreg.result_cache import clear_cache
+    >>> clear_cache(client=False)
+    >>> registration_counts()
+    {}
+    """
+    from ..result_cache import cache_info
+
+    infos = [cache_info()] if client is None else list(client.run(cache_info).values())
+    out: dict = {}
+    for info in infos:
+        for kind, counts in info.items():
+            if kind == "bytes":
+                continue
+            total = out.setdefault(kind, {"computed": 0, "reused": 0, "fetched": 0})
+            for k, v in counts.items():
+                total[k] += v
+    return out
