@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -152,7 +153,8 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
         "--blocksize", "24", "--overlap", "0.25", "--foreground-fraction", "0.1", "--scheduler", "threads",
     )
     assert r.returncode == 0, r.stderr
-    assert "blocks {" in r.stdout
+    assert re.search(r"piecewise alignment in [\d.]+ s; 4 blocks: \d+ ok", r.stdout), r.stdout
+    assert "mean block Pearson gain" in r.stdout and not re.search(r"\d\.\d{4,}", r.stdout), r.stdout
     field = lazyreg.load_transform(out / "field.ome.zarr")
     assert isinstance(field, lazyreg.DisplacementField) and field.grid.shape == SHAPE
     report = json.loads((out / "report.json").read_text())
@@ -160,8 +162,12 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
     assert len(report["blocks"]) == 4  # 1 x 2 x 2 blocks of 24 voxels
     # every block ran exactly once, though the field, its report, the image and the checks use them
     assert report["registration_results"]["block"]["computed"] == 4, report["registration_results"]
-    assert {b["status"] for b in report["blocks"]} <= {"ok", "skipped", "failed"}
+    assert {b["status"] for b in report["blocks"]} <= {"ok", "unchanged", "skipped", "failed"}
     assert report["block_counts"].get("ok", 0) >= 2
+    summary = report["block_summary"]
+    assert summary["blocks"] == 4 and sum(summary["by_status"].values()) == 4
+    assert sum(g["count"] for g in summary["by_kind"]) == 4 - summary["by_status"]["ok"]
+    assert summary["mean_gain"] == report["mean_block_gain"] and summary["gain_blocks"] == summary["by_status"]["ok"]
     assert set(report["jacobian"]) == {"min", "max", "folded_fraction"} and report["jacobian"]["min"] > 0
     # the static affine alone leaves the known deformation; the blocks recover part of it
     assert report["pearson_after"] > report["pearson_before"]
@@ -169,6 +175,66 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
     for name in ("field.ome.zarr", "aligned.ome.zarr", "overlay_before.png", "overlay_after.png", "block_map.png"):
         assert (out / name).exists() and name in report["outputs"], name
     assert not_blank(out / "block_map.png") and not_blank(out / "overlay_after.png")
+
+
+def _block_rows() -> list[dict]:
+    """A piecewise report: 16 blocks, reasons of a few kinds with varied numbers, long floats."""
+    err = "LazyregError: align_threshold: RANSAC found no affine with at least 5 of {} correspondences within {} (best: {})"
+    rows = []
+    for k, idx in enumerate(np.ndindex(2, 2, 4)):
+        before = 0.5 + k / 97
+        row = {"index": idx, "status": "ok", "reason": None, "metric_before": before, "metric_after": before + 0.0123456789 * (k % 3 + 1),
+               "steps": [{"step": "ransac", "kept": True, "reason": None}, {"step": "deform", "kept": k % 2 == 0, "reason": None}]}
+        if k in (1, 6):
+            row.update(status="unchanged", reason="no step improved the block's correlation; it keeps the static transforms", metric_after=before)
+            row["steps"] = [{"step": "ransac", "kept": False, "reason": f"Pearson {before:.3f} -> {before - 0.0012345:.3f}: not kept"}]
+        if k in (3, 9, 12):
+            reason = f"foreground {k}% of the block is below foreground_fraction 20%"
+            row.update(status="skipped", reason=reason, metric_before=None, metric_after=None, steps=None)
+        if k in (14, 15):
+            reason = err.format(6 + k, 2.0 + k / 7, k - 12)
+            row.update(status="failed", reason=reason, metric_before=None, metric_after=None)
+            row["steps"] = [{"step": "ransac", "kept": False, "reason": reason}]
+        rows.append(row)
+    return rows
+
+
+def test_piecewise_summary_groups_reasons_by_kind_and_rounds(capsys):
+    from lazyreg.cli.align_commands import _block_summary, _say_piecewise
+
+    blocks = _block_rows()
+    said, info = [], []
+    session = SimpleNamespace(say=said.append, info=info.append)
+    quality = {"before": 0.612345678, "after": 0.7012345678, "jacobian": {"folded_fraction": 0.0}}
+    _say_piecewise(session, blocks, 12.3456, quality)
+    text = "\n".join(said)
+    assert said[0] == "piecewise alignment in 12.3 s; 16 blocks: 9 ok, 2 unchanged, 3 skipped, 2 failed"
+    # one line per kind of reason, with its count: 3 different "foreground N%" reasons make one group
+    kinds = [line for line in said if re.match(r"  \d+ (unchanged|skipped|failed): ", line)]
+    assert kinds == [
+        "  2 unchanged: no step improved the block's correlation (blocks (0, 0, 1), (0, 1, 2))",
+        "  3 skipped: foreground …% of the block is below foreground_fraction …% (blocks (0, 0, 3), (1, 0, 1), (1, 1, 0))",
+        "  2 failed: ransac: align_threshold: RANSAC found no affine with at least … of … correspondences within … (best: …) "
+        "(blocks (1, 1, 2), (1, 1, 3))",
+    ]
+    assert not re.search(r"\d\.\d{4,}", text), text  # every float at 3 decimals at most
+    gains = [b["metric_after"] - b["metric_before"] for b in blocks if b["status"] == "ok"]
+    assert f"mean block Pearson gain {np.mean(gains):+.3f} over the 9 ok blocks (the 2 unchanged blocks: gain 0, not counted)" in text
+    assert "step ransac kept in 9 of the 13 blocks where it ran; not kept: 2 Pearson … -> …: not kept, 2 align_threshold:" in text
+    assert "step deform kept in 5 of the 9 blocks where it ran; not kept: 4 no reason given" in text
+    assert "before 0.612 (static transforms only), after 0.701" in text
+    assert not info
+    # report.json: full precision, counts by status and by kind
+    fields = json.loads(json.dumps(_block_summary(blocks)))
+    assert fields["block_counts"] == {"ok": 9, "unchanged": 2, "skipped": 3, "failed": 2}
+    assert fields["mean_block_gain"] == pytest.approx(np.mean(gains), abs=0, rel=1e-12)
+    summary = fields["block_summary"]
+    assert summary["by_status"] == fields["block_counts"] and summary["unchanged"] == 2
+    assert [(g["status"], g["count"]) for g in summary["by_kind"]] == [("unchanged", 2), ("skipped", 3), ("failed", 2)]
+    assert summary["by_kind"][2]["example"] == blocks[14]["reason"]  # the reason as it was, not rounded
+    # no ok block: a warning
+    _say_piecewise(session, [dict(b, status="unchanged") for b in blocks[:2]], 1.0, quality)
+    assert info and "no block was aligned" in info[-1]
 
 
 # ---------------------------------------------------------------------------------- apply, invert

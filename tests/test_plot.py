@@ -41,18 +41,31 @@ def _report(nz=3, ny=4, nx=5):
     rng = np.random.default_rng(0)
     out = []
     for idx in np.ndindex(nz, ny, nx):
-        status = ("ok", "ok", "skipped", "failed")[int(rng.integers(4))]
-        before = float(rng.uniform(0, 0.5)) if status == "ok" else None
+        status = ("ok", "ok", "unchanged", "skipped", "failed")[int(rng.integers(5))]
+        before = float(rng.uniform(0, 0.5)) if status in ("ok", "unchanged") else None
         out.append(
             {
                 "index": idx,
                 "status": status,
-                "reason": {"ok": None, "skipped": "empty block", "failed": "optimizer diverged"}[status],
+                "reason": {"ok": None, "unchanged": "no step improved it", "skipped": "empty block", "failed": "optimizer diverged"}[status],
                 "metric_before": before,
-                "metric_after": None if before is None else before + float(rng.normal(0.2, 0.2)),
+                "metric_after": before if status == "unchanged" else None if before is None else before + float(rng.normal(0.2, 0.2)),
             }
         )
     return out
+
+
+def _panels(fig):
+    """The block-row panels of a block map (not its colorbar), in order."""
+    return [ax for ax in fig.axes if ax.get_title().startswith("z block-row")]
+
+
+def _pixel(fig, ax, x, y):
+    """RGB (0-1) of the rendered figure at data point (x, y) of ``ax``."""
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    px, py = ax.transData.transform((x, y))
+    return rgba[int(round(rgba.shape[0] - py)), int(round(px)), :3] / 255.0
 
 
 def _assert_png_not_blank(path):
@@ -152,26 +165,170 @@ def test_checkerboard_alternates_fixed_and_moving():
 
 
 def test_block_map_colours_status_and_metric_change():
+    from matplotlib.colors import to_rgba
+
     report = _report()
     report = [b for b in report if b["index"] != (1, 0, 0)]  # a block missing from the report
     fig = plot.block_map(report)
-    ax = fig.axes[0]
+    ax = _panels(fig)[1]  # every z row is drawn (3 rows): the panel of row 1
     status_img, change_img = ax.get_images()
     status, change = np.asarray(status_img.get_array()), change_img.get_array()
     assert status.shape[:2] == change.shape == (4, 5)
     row = {b["index"][1:]: b for b in report if b["index"][0] == 1}
+    colours = {st: to_rgba(np.asarray(status[iy, ix])) for (iy, ix), b in row.items() if (st := b["status"]) != "ok"}
     for (iy, ix), b in row.items():
         if b["status"] == "ok":
             assert change[iy, ix] == pytest.approx(b["metric_after"] - b["metric_before"])
-        else:
+        else:  # unchanged blocks (gain 0) are not drawn on the colormap of the ok blocks
             assert np.ma.is_masked(change[iy, ix]) or np.isnan(change[iy, ix])
+            assert to_rgba(np.asarray(status[iy, ix])) == colours[b["status"]]  # one colour per status
         if b["status"] == "failed":
             np.testing.assert_allclose(status[iy, ix], [0, 0, 0, 1])
+    assert len(set(colours.values())) == len(colours) == 3, "unchanged, skipped and failed look alike"
     np.testing.assert_allclose(status[0, 0], [1, 1, 1, 1])  # not in the report: white
     texts = [t.get_text() for t in ax.texts]
-    assert "fail" in texts and "skip" in texts
-    assert "z block-row 1 of 3" in ax.get_title()
-    assert plot.block_map(report, iz=0).axes[0].get_title().startswith("z block-row 0 of 3")
+    assert "unch" in texts and "skip" in texts
+    assert ax.get_title().startswith("z block-row 1 of 3")
+    assert _panels(plot.block_map(report, iz=0))[0].get_title().startswith("z block-row 0 of 3")
+
+
+def test_block_map_draws_one_panel_per_z_row():
+    for nz in (1, 2, 5, 8):
+        fig = plot.block_map(_report(nz, 3, 4))
+        panels = _panels(fig)
+        assert len(panels) == nz
+        assert [ax.get_title().split("\n")[0] for ax in panels] == [f"z block-row {z} of {nz}" for z in range(nz)]
+        assert all(len(ax.get_images()) == 2 for ax in panels)
+    # iz= still draws one row
+    assert [ax.get_title().split("\n")[0] for ax in _panels(plot.block_map(_report(5, 3, 4), iz=3))] == ["z block-row 3 of 5"]
+
+
+def test_block_map_with_many_rows_draws_the_worst_one():
+    def rows(bad: dict[int, tuple[int, int]], nz=12, ny=3, nx=4):
+        """All ok but ``bad[z] = (failed, unchanged)`` blocks in row z."""
+        out = []
+        for iz, iy, ix in np.ndindex(nz, ny, nx):
+            f, u = bad.get(iz, (0, 0))
+            k = iy * nx + ix
+            status = "failed" if k < f else "unchanged" if k < f + u else "ok"
+            out.append({"index": (iz, iy, ix), "status": status, "reason": "x", "metric_before": 0.5, "metric_after": 0.6})
+        return out
+
+    for bad, worst in [({3: (2, 0), 7: (1, 3), 9: (0, 2)}, 7), ({2: (0, 4), 10: (2, 2)}, 10), ({}, 6)]:
+        (panel,) = _panels(plot.block_map(rows(bad)))
+        title = panel.get_title()
+        assert title.startswith(f"z block-row {worst} of 12: the "), (bad, title)
+        assert ("most failed/unchanged" in title) == bool(bad)
+        failed, unchanged = bad.get(worst, (0, 0))
+        assert f"{failed} failed" in title or not failed
+        assert f"{unchanged} unchanged" in title or not unchanged
+    assert len(_panels(plot.block_map(rows({}, nz=9)))) == 1
+    assert _panels(plot.block_map(rows({7: (3, 0)}), iz=2))[0].get_title() .startswith("z block-row 2 of 12\n")
+
+
+def test_block_map_marks_failed_blocks_with_a_cross():
+    report = _report(2, 4, 5)
+    fig = plot.block_map(report)
+    for iz, ax in enumerate(_panels(fig)):
+        failed = {b["index"][:0:-1] for b in report if b["index"][0] == iz and b["status"] == "failed"}
+        crosses = [ln for ln in ax.get_lines() if ln.get_gid() == "failed"]
+        if not failed:
+            assert not crosses
+            continue
+        (cross,) = crosses
+        xs, ys = np.asarray(cross.get_xdata(), float), np.asarray(cross.get_ydata(), float)
+        # two strokes per failed block, crossing at its centre
+        centres = {(round(float(x)), round(float(y))) for x, y in zip(xs[np.isfinite(xs)], ys[np.isfinite(ys)])}
+        assert centres == failed and np.isfinite(xs).sum() == 4 * len(failed)
+        # rendered: the centre carries the (red) mark; the rest of the square is black
+        ix, iy = sorted(failed)[0]
+        centre, side = _pixel(fig, ax, ix, iy), _pixel(fig, ax, ix + 0.3, iy)
+        assert centre[0] > 0.8 and centre[1:].max() < 0.4, centre
+        assert side.max() < 0.15, side
+    unchanged = next(b["index"] for b in report if b["status"] == "unchanged")
+    ax = _panels(fig)[unchanged[0]]
+    colour = _pixel(fig, ax, unchanged[2] + 0.3, unchanged[1] + 0.35)  # clear of the text
+    assert colour[0] > 0.8 and colour[1] > 0.7 and colour[2] < 0.5, colour  # yellow: not grey, not on RdBu
+
+
+def test_block_map_text_rounds_the_metric_change():
+    report = _report(1, 4, 5)
+    ax = _panels(plot.block_map(report))[0]
+    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in ax.texts}
+    for b in report:
+        _, iy, ix = b["index"]
+        expected = {"unchanged": "unch", "skipped": "skip"}.get(b["status"])
+        if b["status"] == "ok":
+            expected = f"{b['metric_after'] - b['metric_before']:+.3f}"
+        if b["status"] == "failed":
+            assert (ix, iy) not in texts  # the cross says it
+        else:
+            assert texts[ix, iy] == expected
+    # small squares: 2 decimals, never more
+    many = [t.get_text() for ax in _panels(plot.block_map(_report(2, 30, 30), annotate=True)) for t in ax.texts]
+    assert many and all(len(t.split(".")[1]) == 2 for t in many if "." in t)
+
+
+def test_block_summary_groups_reasons_by_kind():
+    from lazyreg.registration.block_report import block_summary
+
+    def row(i, status, reason=None, before=None, after=None, steps=None):
+        return {"index": [0, 0, i], "status": status, "reason": reason, "metric_before": before, "metric_after": after, "steps": steps}
+
+    err = "LazyregError: align_threshold: RANSAC found no affine with at least 5 of {} correspondences within {} (best: {}); raise it"
+    report = [
+        row(0, "ok", before=0.5, after=0.75, steps=[{"step": "ransac", "kept": True}, {"step": "deform", "kept": False}]),
+        row(1, "ok", before=0.25, after=0.5, steps=[{"step": "ransac", "kept": True}, {"step": "deform", "kept": True}]),
+        row(2, "unchanged", "no step improved the block's correlation; it keeps the static transforms", 0.9, 0.9),
+        row(3, "unchanged", "no step improved the block's correlation; it keeps the static transforms", 0.1, 0.1),
+    ]
+    report += [row(4 + k, "skipped", f"foreground {p}% of the block is below foreground_fraction 10%") for k, p in enumerate((3, 7, 0))]
+    report += [row(7, "skipped", "only 41% of the block maps inside the moving volume")]
+    report += [
+        row(8 + k, "failed", err.format(n, thr, best), steps=[{"step": "ransac", "kept": False, "reason": err.format(n, thr, best)}])
+        for k, (n, thr, best) in enumerate([(12, 2.5, 3), (40, 0.123456789, 4)])
+    ]
+    report += [row(10, "failed", "RuntimeError: Exception thrown in SimpleITK: ITK ERROR: 1234 samples map outside")]
+    s = block_summary(report)
+    assert s["blocks"] == 11
+    assert s["by_status"] == {"ok": 2, "unchanged": 2, "skipped": 4, "failed": 3}
+    groups = {(g["status"], g["kind"]): g["count"] for g in s["by_kind"]}
+    assert groups == {
+        ("unchanged", "no step improved the block's correlation"): 2,
+        ("skipped", "foreground …% of the block is below foreground_fraction …%"): 3,
+        ("skipped", "only …% of the block maps inside the moving volume"): 1,
+        ("failed", "ransac: align_threshold: RANSAC found no affine with at least … of … correspondences within … (best: …)"): 2,
+        ("failed", "RuntimeError: Exception thrown in SimpleITK: ITK ERROR: … samples map outside"): 1,
+    }
+    fg = next(g for g in s["by_kind"] if g["kind"].startswith("foreground"))
+    assert fg["blocks"] == [[0, 0, 4], [0, 0, 5], [0, 0, 6]] and fg["example"] == report[4]["reason"]
+    assert s["mean_gain"] == pytest.approx(0.25) and s["gain_blocks"] == 2 and s["unchanged"] == 2
+    assert {k: (t["ran"], t["kept"]) for k, t in s["steps"].items()} == {"ransac": (4, 2), "deform": (2, 1)}
+    assert s["steps"]["ransac"]["not_kept"] == {"align_threshold: RANSAC found no affine with at least … of … correspondences within … (best: …)": 2}
+    # the same from JSON (index lists), and no ok block: no gain
+    import json
+
+    assert block_summary(json.loads(json.dumps(report[2:])))["mean_gain"] is None
+
+
+def test_summary_lines_round_floats_and_count_the_gain_over_ok_blocks():
+    import re
+
+    from lazyreg.registration.block_report import block_summary, summary_lines
+
+    report = [
+        {"index": (0, 0, 0), "status": "ok", "reason": None, "metric_before": 0.1234567, "metric_after": 0.87654321},
+        {"index": (0, 0, 1), "status": "ok", "reason": None, "metric_before": 0.5, "metric_after": 0.60000001},
+        {"index": (0, 0, 2), "status": "unchanged", "reason": "no step improved it", "metric_before": 0.7, "metric_after": 0.7},
+        {"index": (0, 0, 3), "status": "failed", "reason": "ValueError: Pearson 0.88549999 -> 0.87981234567 and 1.5"},
+    ]
+    lines = summary_lines(block_summary(report))
+    text = "\n".join(lines)
+    assert not re.search(r"\d\.\d{4,}", text), text
+    assert lines[0] == "4 blocks: 2 ok, 1 unchanged, 1 failed"
+    assert "  1 failed: ValueError: Pearson … -> … and … (block (0, 0, 3))" in lines
+    gain = (0.87654321 - 0.1234567 + 0.10000001) / 2
+    assert f"mean block Pearson gain {gain:+.3f} over the 2 ok blocks (the 1 unchanged block: gain 0, not counted)" in lines
 
 
 def test_block_map_accepts_a_field_with_a_report_and_json_indices():

@@ -7,7 +7,6 @@ Both write into a folder OUT: the transforms, the aligned image (unless ``--no-i
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +155,16 @@ def _jacobian_summary(field: Any) -> dict:
 
 
 def _fmt(d: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items())
+    """``key value, ...`` with floats at 3 decimals (in scientific notation below 0.001).
+
+    >>> _fmt({"inliers": 40, "metric_value": -0.812345, "tiny": 1.5e-05})
+    'inliers 40, metric_value -0.812, tiny 1.500e-05'
+    """
+
+    def text(v: Any) -> str:
+        return f"{v:.3e}" if isinstance(v, float) and 0 < abs(v) < 1e-3 else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k} {text(v)}" for k, v in d.items())
 
 
 def piecewise_command(args: argparse.Namespace, session: Session) -> None:
@@ -224,28 +232,32 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
 
 
 def _block_summary(blocks: list) -> dict:
-    """``block_counts`` (blocks by status) and ``mean_block_gain`` (Pearson gain of the aligned blocks)."""
-    import numpy as np
+    """The report's block figures: ``block_counts`` (blocks by status), ``mean_block_gain`` (mean
+    Pearson gain of the ok blocks) and ``block_summary`` (counts by status and by kind of reason,
+    the gain and the steps kept: :func:`lazyreg.registration.block_report.block_summary`), at full precision."""
+    from ..registration.block_report import block_summary
 
-    gains = [r["metric_after"] - r["metric_before"] for r in blocks if r["status"] == "ok"]
+    summary = block_summary(blocks)
     return {
-        "block_counts": dict(Counter(r["status"] for r in blocks)),
-        "mean_block_gain": float(np.mean(gains)) if gains else None,
+        "block_counts": {s: n for s, n in summary["by_status"].items() if n},
+        "mean_block_gain": summary["mean_gain"],
+        "block_summary": summary,
     }
 
 
 def _say_piecewise(session: Session, blocks: list, align_seconds: float, quality: dict) -> None:
-    summary = _block_summary(blocks)
-    counts, gain = summary["block_counts"], summary["mean_block_gain"]
+    """Print the outcome: blocks by status, one line per kind of reason, gains (floats: 3 decimals)."""
+    from ..registration.block_report import summary_lines
+
+    summary = _block_summary(blocks)["block_summary"]
+    head, *rest = summary_lines(summary)
+    session.say(f"piecewise alignment in {align_seconds:.1f} s; {head}")
+    for line in rest:
+        session.say(line if line.startswith(" ") else f"  {line}")
     session.say(
-        f"piecewise alignment in {align_seconds:.1f} s: blocks {counts}, mean block Pearson gain "
-        f"{'n/a' if gain is None else f'{gain:+.3f}'}; "
         f"Pearson(fixed, moving) before {quality['before']:.3f} (static transforms only), after {quality['after']:.3f}"
     )
-    reasons = Counter(f"{r['status']}: {r['reason']}" for r in blocks if r["status"] != "ok")
-    for reason, n in reasons.most_common(3):
-        session.say(f"  {n} block{'s' if n > 1 else ''} {reason}")
-    if not counts.get("ok"):
+    if not summary["by_status"].get("ok"):
         session.info("warning: no block was aligned; the field is zero (see 'reason' in report.json)")
     folded = quality["jacobian"]["folded_fraction"]
     if folded > 0:

@@ -23,12 +23,19 @@ from scipy import ndimage as ndi
 from ..images import Grid
 from .blocks import BlockLayout
 
-__all__ = ["local_displacement", "fill_block", "field_chunk"]
+__all__ = ["has_result", "local_displacement", "fill_block", "field_chunk"]
 
 #: Tent half-width of the fill weights, in block sizes: positive over a neighbour's whole region.
 FILL_REACH = 3.0
 #: Points per axis of the grid a filled block's displacement is sampled on.
 FILL_POINTS = 9
+#: A block whose displacement differs, where their regions overlap, from more than half of its
+#: (at least ``MIN_NEIGHBOURS``) aligned neighbours' by more than this fraction of the blending
+#: ramp's width is an outlier (e.g. a wrong local RANSAC match): it is left out and filled from
+#: them. Blending two results that differ by ``d`` across a ramp of width ``w`` adds a gradient of
+#: about ``d / w`` to the field: this bound keeps it at 1/2.
+DISAGREEMENT = 0.5
+MIN_NEIGHBOURS = 3
 #: Points per slab when evaluating a chunk (bounds the task's temporary memory).
 SLAB_POINTS = 1 << 18
 
@@ -40,6 +47,17 @@ def _interp_clamped(values: np.ndarray, grid: Grid, points: np.ndarray) -> np.nd
     for c in range(3):
         out[:, c] = ndi.map_coordinates(values[..., c], idx, order=1, mode="nearest")
     return out
+
+
+def has_result(result: dict) -> bool:
+    """Whether a block has a local transform of its own (status "ok" or "unchanged").
+
+    Examples
+    --------
+    >>> has_result({"status": "unchanged"}), has_result({"status": "failed"})
+    (True, False)
+    """
+    return result["status"] in ("ok", "unchanged")
 
 
 def local_displacement(result: dict, points: np.ndarray) -> np.ndarray:
@@ -55,7 +73,7 @@ def local_displacement(result: dict, points: np.ndarray) -> np.ndarray:
     >>> local_displacement({"status": "skipped"}, np.zeros((1, 3)))
     array([[0., 0., 0.]])
     """
-    if result["status"] == "ok":
+    if has_result(result):
         y = points
         if result.get("field") is not None:
             values, g = result["field"]
@@ -96,9 +114,12 @@ def fill_block(layout: BlockLayout, result: dict, *neighbours: dict) -> dict:
     >>> np.allclose(filled["fill"][0], 1.0)
     True
     """
-    if result["status"] == "ok":
-        return result
-    ok = [n for n in neighbours if n["status"] == "ok"]
+    ok = [n for n in neighbours if has_result(n)]
+    if has_result(result):
+        outlier = _disagreement(layout, result, ok)
+        if outlier is None:
+            return result
+        result = dict(result, status="failed", reason=outlier, matrix=None, field=None)
     if not ok:
         return dict(result, fill=None)
     g = _fill_grid(layout, result["index"])
@@ -115,6 +136,38 @@ def fill_block(layout: BlockLayout, result: dict, *neighbours: dict) -> dict:
         den += w
     values = (num / den[:, None]).reshape(g.shape + (3,))
     return dict(result, fill=(values, g))
+
+
+def _disagreement(layout: BlockLayout, result: dict, ok: list[dict]) -> str | None:
+    """Why ``result`` is an outlier among its aligned neighbours (None if it is not, or too few).
+
+    Each neighbour and the block are compared where both hold their own results: on a lattice of
+    the overlap of their regions. The block is an outlier when it differs from more than half of
+    its aligned neighbours by more than ``DISAGREEMENT`` of the blending ramp's width there.
+    """
+    if len(ok) < MIN_NEIGHBOURS:
+        return None
+    size = np.asarray(layout.blocksize) * np.asarray(layout.grid.spacing)
+    pad = np.asarray(layout.pad) * np.asarray(layout.grid.spacing)
+    ramp = float(np.min(np.where(pad > 0, 2 * pad, size)))
+    own = layout.region(result["index"])
+    far, worst = 0, 0.0
+    for n in ok:
+        other = layout.region(n["index"])
+        both = [slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(own, other)]
+        if any(s.stop <= s.start for s in both):
+            continue
+        idx = np.stack(np.meshgrid(*[np.linspace(s.start, s.stop - 1, 4) for s in both], indexing="ij"), -1)
+        pts = layout.grid.to_physical(idx.reshape(-1, 3))
+        d = float(np.linalg.norm(local_displacement(result, pts) - local_displacement(n, pts), axis=1).max())
+        worst = max(worst, d)
+        far += d > DISAGREEMENT * ramp
+    if far > len(ok) / 2:
+        return (
+            f"its displacement differs from {far} of its {len(ok)} aligned neighbours' by up to {worst:.3g} "
+            f"(more than {DISAGREEMENT:g} of the {ramp:.3g} blending ramp) where they overlap: left out"
+        )
+    return None
 
 
 def field_chunk(layout: BlockLayout, chunk: Grid, *results: dict) -> np.ndarray:

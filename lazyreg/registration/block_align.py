@@ -23,10 +23,11 @@ from ..images import Grid, image
 from ..metrics import pearson_arrays
 from ..resample import resample_array
 from ..transforms.affine import Affine
+from ..transforms.jacobian import determinant_values
 from ..transforms.points import transform_points
 from .steps import run_steps
 
-__all__ = ["BlockTask", "align_block", "report_rows", "REPORT_KEYS"]
+__all__ = ["BlockTask", "align_block", "report_rows", "regular_field", "REPORT_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,19 @@ FOREGROUND_SIGMA = 2.0
 #: Lattice step (voxels) of the test of which block voxels map inside the moving volume.
 _INSIDE_STEP = 4
 
+#: A block's own deformation is scaled down until its Jacobian determinant is at least this
+#: everywhere on its grid (so no block folds, and blending rarely can).
+BLOCK_DET_MIN = 0.2
+#: Scales tried, largest first (0: the deformation is dropped, the step's affine part kept).
+FIELD_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
+
 #: The keys of a block's report row.
-REPORT_KEYS = ("index", "status", "reason", "foreground", "inside", "metric_before", "metric_after", "inliers", "seconds")
+REPORT_KEYS = (
+    "index", "status", "reason", "foreground", "inside", "metric_before", "metric_after", "inliers", "steps", "seconds",
+)
+#: Block statuses: aligned, no step improved it (static transforms kept), not worth aligning,
+#: failed (every step raised an error, or, decided when blending, an outlier among its neighbours).
+STATUSES = ("ok", "unchanged", "skipped", "failed")
 
 
 
@@ -111,8 +123,11 @@ def align_block(task: BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: An
     ``fixed`` and ``moving`` are the block's regions on the same grid (``task.region``; moving
     resampled through the static transforms), ``mask`` its foreground mask (if ``task.has_mask``),
     ``threshold`` the foreground intensity threshold, ``static_args`` the static transforms'
-    values (see ``task.static_kinds``). Status "skipped" (not worth aligning), "failed" (the
-    registration failed or made the block worse) or "ok".
+    values (see ``task.static_kinds``). The steps run one at a time, each kept only if it raised
+    the block's Pearson correlation (``row["steps"]`` says which). Status "ok" (some step kept),
+    "unchanged" (the steps ran, none improved the block: its local transform is the identity),
+    "skipped" (not worth aligning: little foreground, mostly outside moving) or "failed" (every
+    step raised an error; the block is filled from its neighbours).
 
     Examples
     --------
@@ -160,45 +175,111 @@ def align_block(task: BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: An
     fm = image(fg & inside if partial else fg, g.spacing, g.origin) if (task.has_mask or partial) else None
     # the moving block is on the same grid: its voxels outside ``inside`` are fill (and its edge)
     mm = image(inside, g.spacing, g.origin) if partial else None
-    try:
-        state = run_steps(
-            list(task.steps), image(fixed_f, g.spacing, g.origin), image(moving_f, g.spacing, g.origin),
-            fixed_mask=fm, moving_mask=mm, seed=task.seed, field_grid=task.field_grid, threads=1,
-        )
-    except (LazyregError, RuntimeError, ValueError, np.linalg.LinAlgError) as e:
-        return done("failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    for rep in state["reports"]:
-        if rep.get("inliers") is not None:
-            row["inliers"] = rep["inliers"]
-    matrix = np.asarray(state["affine"].matrix, dtype=float)
-    field = None if state["field"] is None else (np.asarray(state["field"].values, dtype=np.float32), task.field_grid)
-    problem = _check_result(row, fixed_f, moving_f, g, matrix, field, compare)
-    if problem is not None:
-        return done("failed", problem)
-    row["matrix"], row["field"] = matrix, field
+    run = _StepRunner(task, fixed_f, moving_f, fm, mm, compare)
+    for i, call in enumerate(task.steps):
+        run.step(i, call)
+    row["steps"] = run.rows
+    row["inliers"] = run.inliers
+    if not any(r["kept"] for r in run.rows):
+        errors = [r["reason"] for r in run.rows if r["reason"] and r["metric"] is None]
+        if len(errors) == len(run.rows):
+            return done("failed", errors[-1])
+        # the steps ran and none made the block better: its best transform is the static one
+        row["matrix"], row["field"] = np.eye(4), None
+        row["metric_after"] = row["metric_before"]
+        return done("unchanged", "no step improved the block's correlation; it keeps the static transforms")
+    # before and after on the same voxels: those the kept transform maps inside the block
+    valid = np.isfinite(run.current) if compare is None else np.isfinite(run.current) & compare
+    row["metric_before"] = _figure(pearson_arrays(fixed_f, moving_f, valid))
+    row["metric_after"] = _figure(pearson_arrays(fixed_f, np.nan_to_num(run.current), valid))
+    row["matrix"], row["field"] = run.matrix, run.field
     return done()
 
 
+def regular_field(values: np.ndarray, grid: Grid) -> tuple[np.ndarray, float, float]:
+    """``values`` scaled by the largest of :data:`FIELD_SCALES` whose Jacobian determinant is at
+    least :data:`BLOCK_DET_MIN` everywhere; returns the values, the scale and that minimum.
+
+    Examples
+    --------
+    >>> from lazyreg.images import Grid
+    >>> u = np.zeros((8, 8, 8, 3)); u[..., 2] = -1.5 * np.arange(8.0)   # dx/dx = -1.5: folds
+    >>> _, scale, det_min = regular_field(u, Grid((8, 8, 8), 1.0))
+    >>> scale, round(det_min, 3)
+    (0.5, 0.25)
+    """
+    for scale in FIELD_SCALES:
+        v = values if scale == 1.0 else (values * np.float32(scale)).astype(values.dtype)
+        det_min = float(determinant_values(v, grid.spacing).min())
+        if det_min >= BLOCK_DET_MIN:
+            return v, scale, round(det_min, 4)
+    return v, 0.0, round(det_min, 4)  # pragma: no cover - scale 0 has det 1
+
+
 def _figure(value: float) -> float | None:
-    return None if math.isnan(value) else value
+    return None if math.isnan(value) else round(float(value), 6)
 
 
-def _check_result(row: dict, fixed: np.ndarray, moving: np.ndarray, g: Grid, matrix, field, compare) -> str | None:
-    """Why the block's result is rejected (None if accepted); fills the row's metrics."""
-    if not np.all(np.isfinite(matrix)) or (field is not None and not np.all(np.isfinite(field[0]))):
-        return "the registration returned NaN or infinite values"
-    warped = _warped(moving, g, matrix, field)
-    valid = np.isfinite(warped)
-    if compare is not None:
-        valid &= compare
-    # compare before and after on the same voxels: those the result maps inside the block
-    row["metric_before"] = _figure(pearson_arrays(fixed, moving, valid))
-    row["metric_after"] = _figure(pearson_arrays(fixed, np.nan_to_num(warped), valid))
-    if row["metric_before"] is None:
-        return "the result maps (almost) the whole block outside its moving region"
-    if row["metric_after"] is None or row["metric_after"] < row["metric_before"]:
-        return f"the metric got worse (Pearson {row['metric_before']:.3f} -> {row['metric_after']})"
-    return None
+class _StepRunner:
+    """Runs a block's steps one at a time; a step's result is kept only if it raised the block's
+    Pearson correlation (on the voxels both the kept and the new transform map inside the block),
+    so each step starts from the best result so far."""
+
+    def __init__(self, task: BlockTask, fixed: np.ndarray, moving: np.ndarray, fm, mm, compare) -> None:
+        self.task, self.fixed, self.moving, self.compare = task, fixed, moving, compare
+        g = task.region
+        self.images = (image(fixed, g.spacing, g.origin), image(moving, g.spacing, g.origin))
+        self.masks = (fm, mm)
+        self.matrix, self.field = np.eye(4), None
+        self.current = moving  # the moving block warped by the kept transform (NaN outside)
+        self.before = self.best = None
+        self.rows: list[dict] = []
+        self.inliers = None
+
+    def step(self, i: int, call: Any) -> None:
+        t0 = time.perf_counter()
+        row = {"step": call.name, "seconds": None, "metric": None, "kept": False, "reason": None}
+        if call.step.returns == "field":
+            row.update(field_scale=None, det_min=None)
+        self.rows.append(row)
+        try:
+            state = run_steps(
+                [call], *self.images, fixed_mask=self.masks[0], moving_mask=self.masks[1], initial=self.matrix,
+                seed=self.task.seed + i, field_grid=self.task.field_grid, threads=1,
+            )
+        except (LazyregError, RuntimeError, ValueError, np.linalg.LinAlgError) as e:
+            row["reason"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            return
+        rep = state["reports"][0]
+        if rep.get("inliers") is not None:
+            self.inliers = rep["inliers"]
+        matrix = np.asarray(state["affine"].matrix, dtype=float)
+        field = None if state["field"] is None else (np.asarray(state["field"].values, dtype=np.float32), self.task.field_grid)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        if not np.all(np.isfinite(matrix)) or (field is not None and not np.all(np.isfinite(field[0]))):
+            row["reason"] = "the registration returned NaN or infinite values"
+            return
+        if field is not None:
+            values, row["field_scale"], row["det_min"] = regular_field(field[0], field[1])
+            field = (values, field[1])
+        warped = _warped(self.moving, self.task.region, matrix, field)
+        valid = np.isfinite(warped) & np.isfinite(self.current)
+        if self.compare is not None:
+            valid &= self.compare
+        before = _figure(pearson_arrays(self.fixed, np.nan_to_num(self.current), valid))
+        after = _figure(pearson_arrays(self.fixed, np.nan_to_num(warped), valid))
+        row["metric"] = after
+        if before is None or after is None:
+            row["reason"] = "the result maps (almost) the whole block outside its moving region"
+            return
+        if self.before is None:
+            self.before = before
+        if after <= before:
+            row["reason"] = f"Pearson {before:.3f} -> {after:.3f}: not kept"
+            return
+        row["kept"] = True
+        self.matrix, self.field, self.current, self.best = matrix, field, warped, after
 
 
 def report_rows(*results: dict) -> list[dict]:

@@ -35,6 +35,7 @@ def align_affine(
     scales: str = "physical_shift",
     sampling: str = "random",
     sampling_percentage: float | Sequence[float] | None = None,
+    samples: int | None = None,
     interpolator: str = "linear",
     shrink_factors: Sequence[int] | None = None,
     smooth_sigmas: Sequence[float] | None = None,
@@ -98,6 +99,9 @@ def align_affine(
         Fraction (0, 1] of fixed voxels sampled, one value or one per level. Default: about
         ``DEFAULT_SAMPLES`` (5 000) points per level inside ``fixed_mask``, which keeps an
         iteration at a few milliseconds whatever the image size.
+    samples : int, optional
+        Random metric samples per level (inside ``fixed_mask``) when ``sampling_percentage`` is
+        not given; default ``DEFAULT_SAMPLES`` (5 000).
     interpolator : str
         One of :data:`INTERPOLATORS` for the moving image; default "linear".
     shrink_factors : sequence of int, optional
@@ -153,8 +157,8 @@ def align_affine(
         dict(
             transform=transform, initial=initial, metric=metric, metric_args=metric_args, optimizer=optimizer,
             optimizer_args=optimizer_args, scales=scales, sampling=sampling,
-            sampling_percentage=sampling_percentage, interpolator=interpolator, shrink_factors=shrink_factors,
-            smooth_sigmas=smooth_sigmas, fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed,
+            sampling_percentage=sampling_percentage, samples=samples, interpolator=interpolator,
+            shrink_factors=shrink_factors, smooth_sigmas=smooth_sigmas, fixed_mask=fixed_mask, moving_mask=moving_mask, seed=seed,
             threads=threads,
         ),
     )
@@ -182,6 +186,7 @@ def align_deformable(
     transform: str = "bspline",
     initial: Affine | np.ndarray | None = None,
     control_point_spacing: float | Sequence[float] | None = None,
+    mesh_size: int | Sequence[int] | None = None,
     control_point_levels: Sequence[int] = (1,),
     field_grid: Grid | None = None,
     field_smoothing: Sequence[float] = (1.75, 0.5),
@@ -192,6 +197,7 @@ def align_deformable(
     scales: str | None = None,
     sampling: str | None = None,
     sampling_percentage: float | Sequence[float] | None = None,
+    samples: int | None = None,
     interpolator: str = "linear",
     shrink_factors: Sequence[int] | None = (2, 1),
     smooth_sigmas: Sequence[float] | None = None,
@@ -221,6 +227,10 @@ def align_deformable(
     control_point_spacing : float or 3 floats, optional
         Distance between B-spline control points at the first level, physical units (z, y, x).
         Default: an eighth of the longest side of the fixed image, on every axis.
+    mesh_size : int or 3 ints, optional
+        Instead of ``control_point_spacing``: the number of B-spline mesh intervals across the
+        fixed image (z, y, x), i.e. a spacing of extent / mesh_size, which scales with the image
+        (a piecewise block).
     control_point_levels : sequence of int
         Refinement factor of the control-point mesh per level, each a multiple of the previous
         (as ``scaleFactors`` of SimpleITK / bigstream): ``(1, 2, 4)`` halves the spacing at each of
@@ -243,7 +253,7 @@ def align_deformable(
     sampling : str, optional
         Default "random" (``DEFAULT_SAMPLES`` per level) for "bspline", "none" (every point of
         ``field_grid``) for "field".
-    sampling_percentage, smooth_sigmas, fixed_mask, moving_mask, seed, threads
+    sampling_percentage, samples, smooth_sigmas, fixed_mask, moving_mask, seed, threads
         As in :func:`align_affine`.
     shrink_factors : sequence of int, optional
         Multi-resolution levels; default (2, 1); None = automatic as in :func:`align_affine`.
@@ -281,9 +291,10 @@ def align_deformable(
         "deformable",
         dict(
             transform=transform, initial=initial, control_point_spacing=control_point_spacing,
-            control_point_levels=control_point_levels, field_grid=field_grid, field_smoothing=field_smoothing,
+            mesh_size=mesh_size, control_point_levels=control_point_levels, field_grid=field_grid, field_smoothing=field_smoothing,
             metric=metric, metric_args=metric_args, optimizer=optimizer, optimizer_args=optimizer_args,
-            scales=scales, sampling=sampling, sampling_percentage=sampling_percentage, interpolator=interpolator,
+            scales=scales, sampling=sampling, sampling_percentage=sampling_percentage, samples=samples,
+            interpolator=interpolator,
             shrink_factors=shrink_factors, smooth_sigmas=smooth_sigmas, fixed_mask=fixed_mask,
             moving_mask=moving_mask, seed=seed, threads=threads,
         ),

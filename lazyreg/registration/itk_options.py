@@ -20,7 +20,7 @@ import xarray as xr
 from ..errors import LazyregError
 from ..images import Grid
 from ..transforms.affine import as_matrix
-from ..validation import check_choice, check_positive_ints, check_seed, suggest
+from ..validation import check_choice, check_int, check_positive_ints, check_seed, suggest
 
 __all__ = [
     "AFFINE_TRANSFORMS",
@@ -135,18 +135,12 @@ _OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "gradient_descent": {"learningRate": 1.0, "numberOfIterations": 100},
     "gradient_descent_line_search": {"learningRate": 1.0, "numberOfIterations": 100},
     "lbfgs2": {"numberOfIterations": 100},
-    "lbfgsb": {
-        "gradientConvergenceTolerance": 1e-4,
-        "numberOfIterations": 50,
-        "maximumNumberOfFunctionEvaluations": 200,
-    },
+    "lbfgsb": {"gradientConvergenceTolerance": 1e-4, "numberOfIterations": 50, "maximumNumberOfFunctionEvaluations": 200},
     "one_plus_one_evolutionary": {"numberOfIterations": 100},
     "powell": {"numberOfIterations": 100},
+    # learningRate is replaced by the estimate: the first step moves points by one voxel
     "regular_step_gradient_descent": {
-        "learningRate": 1.0,  # replaced by the estimate: the first step moves points by one voxel
-        "numberOfIterations": 100,
-        "relaxationFactor": 0.5,
-        "gradientMagnitudeTolerance": 1e-6,
+        "learningRate": 1.0, "numberOfIterations": 100, "relaxationFactor": 0.5, "gradientMagnitudeTolerance": 1e-6,
         "estimateLearningRate": "once",
     },
 }
@@ -154,10 +148,7 @@ _OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
 #: number of transform parameters): RSGD ``minStep``, exhaustive ``numberOfSteps`` and the 1+1
 #: evolutionary ``seed`` (from ``seed``).
 _PER_LEVEL = ("minStep", "numberOfSteps", "seed")
-_METRIC_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ants_neighborhood_correlation": {"radius": 2},
-    "mattes_mi": {"numberOfHistogramBins": 32},
-}
+_METRIC_DEFAULTS: dict[str, dict[str, Any]] = {"ants_neighborhood_correlation": {"radius": 2}, "mattes_mi": {"numberOfHistogramBins": 32}}
 
 _COMMON_DEFAULTS: dict[str, Any] = {
     "initial": None,
@@ -168,6 +159,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "scales": "physical_shift",
     "sampling": "random",
     "sampling_percentage": None,
+    "samples": None,
     "interpolator": "linear",
     "shrink_factors": None,
     "smooth_sigmas": None,
@@ -182,6 +174,7 @@ _STEP_DEFAULTS: dict[str, dict[str, Any]] = {
         "transform": "bspline",
         **_COMMON_DEFAULTS,
         "control_point_spacing": None,
+        "mesh_size": None,
         "control_point_levels": (1,),
         "field_grid": None,
         "field_smoothing": (1.75, 0.5),
@@ -449,6 +442,10 @@ def _check_pyramid(o: dict[str, Any]) -> int | None:
                 f"{o['shrink_factors']}), got {k}: {o['smooth_sigmas']!r}"
             )
         o["smooth_sigmas"] = _float_seq(o["smooth_sigmas"], "smooth_sigmas", n, low=0.0)
+    if o["samples"] is not None:
+        o["samples"] = check_int(o["samples"], "samples", minimum=100)
+        if o["sampling_percentage"] is not None:
+            raise LazyregError("samples: give samples or sampling_percentage, not both")
     if o["sampling_percentage"] is not None:
         if n is None and np.size(o["sampling_percentage"]) != 1:
             raise LazyregError("sampling_percentage: give shrink_factors too, or a single value for every level")
@@ -469,6 +466,13 @@ def _check_deformable(o: dict[str, Any], n: int | None) -> None:
         if arr.ndim != 1 or arr.size not in (1, 3) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
             raise LazyregError(f"control_point_spacing: expected a positive number or 3 (z, y, x), got {cps!r}")
         o["control_point_spacing"] = tuple(float(v) for v in np.broadcast_to(arr, (3,)))
+    if o["mesh_size"] is not None:
+        if cps is not None:
+            raise LazyregError("mesh_size: give mesh_size or control_point_spacing, not both")
+        ms = check_positive_ints(o["mesh_size"], "mesh_size")
+        if len(ms) not in (1, 3):
+            raise LazyregError(f"mesh_size: expected one or 3 (z, y, x) positive integers, got {o['mesh_size']!r}")
+        o["mesh_size"] = tuple(ms) * 3 if len(ms) == 1 else tuple(ms)
     lv = check_positive_ints(o["control_point_levels"], "control_point_levels")
     if n is not None and len(lv) > n:
         raise LazyregError(

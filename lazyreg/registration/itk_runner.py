@@ -284,7 +284,7 @@ def run_levels(
         Mk = _level_image(M, f, s, threads)
         nvox = int(np.prod((virtual if virtual is not None else Fk).GetSize()))
         if pct is None:
-            pct = min(1.0, DEFAULT_SAMPLES / max(1.0, nvox * ffrac))
+            pct = min(1.0, (o.get("samples") or DEFAULT_SAMPLES) / max(1.0, nvox * ffrac))
         if before_level is not None:
             before_level(k, transform, Fk, Mk, threads)
         R = _setup_method(o, transform.GetNumberOfParameters(), min(Fk.GetSpacing()), pct, threads, (fmask, mmask))
@@ -363,7 +363,10 @@ def deform_layout(o: Mapping[str, Any], gf: Grid) -> tuple[np.ndarray, np.ndarra
     """Field extent, control-point spacing, per-level refinement factors and field grid."""
     lo, hi = gf.extent
     size = np.maximum(hi - lo, np.asarray(gf.spacing))
-    cps = np.asarray(o["control_point_spacing"] or np.full(3, size.max() / 8.0), dtype=float)
+    if o.get("mesh_size") is not None:
+        cps = size / np.asarray(o["mesh_size"], dtype=float)
+    else:
+        cps = np.asarray(o["control_point_spacing"] or np.full(3, size.max() / 8.0), dtype=float)
     lv = o["control_point_levels"]
     nlev = len(level_plan(o, gf))
     if len(lv) > nlev:
