@@ -368,3 +368,103 @@ def test_block_metric_matches_corrcoef_without_full_float64_copies():
     finally:
         tracemalloc.stop()
     assert peak < 80 * 2**20, peak / 2**20
+
+
+# --------------------------------------------------------------------------- steps kept only if they help
+
+
+def _shift_by(fixed, moving, *, initial, shift=(0.0, 0.0, 0.0)):
+    """A registered test step: the current transform followed by a fixed shift."""
+    A = initial @ Affine.from_translation(shift)
+    return Affine(A.matrix, report={"shift": shift})
+
+
+@pytest.fixture()
+def shift_step():
+    lazyreg.register_step("test_shift_by", _shift_by, replace=True)
+    yield "test_shift_by"
+    del lazyreg.registration.steps.STEPS["test_shift_by"]
+
+
+def _shifted_pair(shift=(0.0, 0.0, 1.5)):
+    ph = lazyreg.data.phantom((32, 48, 48), seed=2, spacing=(2.0, 1.0, 1.0))
+    fixed = lazyreg.image(ph.values.astype(np.float32), lazyreg.spacing(ph))
+    moving = lazyreg.apply_transform(fixed, fixed, [Affine.from_translation(shift)]).compute()
+    return fixed, moving
+
+
+def test_a_step_that_makes_a_block_worse_is_not_kept(shift_step):
+    fixed, moving = _shifted_pair()
+    steps = [("affine", {"shrink_factors": (1,)}), (shift_step, {"shift": (0.0, 6.0, 0.0)})]
+    field = lazyreg.align_piecewise(fixed, moving, steps, blocksize=24, foreground_fraction=0.05).compute(scheduler="threads")
+    ok = [r for r in field.report if r["status"] == "ok"]
+    assert ok
+    for r in ok:
+        kept = {s["step"]: s["kept"] for s in r["steps"]}
+        assert kept == {"affine": True, shift_step: False}, r["steps"]
+        assert "not kept" in next(s["reason"] for s in r["steps"] if s["step"] == shift_step)
+        assert r["metric_after"] > r["metric_before"]
+    # the field is the affines' result: moving(x) = fixed(x + 1.5), so fixed -> moving is x - 1.5
+    centre = np.asarray(lazyreg.origin(fixed)) + (np.asarray(fixed.shape) - 1) * np.asarray(lazyreg.spacing(fixed)) / 2
+    np.testing.assert_allclose(field.displacement_at(centre), [0.0, 0.0, -1.5], atol=0.3)
+
+
+def test_a_block_no_step_improves_is_unchanged_with_zero_displacement(shift_step):
+    fixed, _ = _shifted_pair()
+    field = lazyreg.align_piecewise(
+        fixed, fixed, [(shift_step, {"shift": (0.0, 0.0, 2.0)})], blocksize=24, foreground_fraction=0.05
+    ).compute(scheduler="threads")
+    statuses = {r["status"] for r in field.report}
+    assert "unchanged" in statuses and "failed" not in statuses, field.report
+    assert all(r["steps"][0]["kept"] is False for r in field.report if r["status"] == "unchanged")
+    assert np.abs(field.values).max() < 1e-6  # identity where nothing helped, and filled around it
+
+
+def _folding_field(fixed, moving, *, initial, field_grid=None, amplitude=3.0):
+    """A registered test step returning a field whose Jacobian determinant goes negative."""
+    g = field_grid
+    z = g.to_physical(np.indices(g.shape).reshape(3, -1).T)[:, 2].reshape(g.shape)
+    values = np.zeros(g.shape + (3,), np.float32)
+    values[..., 2] = -amplitude * (z - z.mean())  # d(dx)/dx = -amplitude: det = 1 - amplitude
+    return lazyreg.DisplacementField.from_array(values, g.spacing, g.origin, report={})
+
+
+def test_no_block_folds_its_deformation_is_scaled_down():
+    from lazyreg.registration.block_align import BLOCK_DET_MIN, regular_field
+
+    lazyreg.register_step("test_fold", _folding_field, returns="field", replace=True)
+    try:
+        fixed, moving = _shifted_pair()
+        field = lazyreg.align_piecewise(
+            fixed, moving, [("test_fold", {"amplitude": 3.0})], blocksize=24, foreground_fraction=0.05
+        ).compute(scheduler="threads")
+        for r in field.report:
+            for s in r["steps"] or []:
+                if s["field_scale"] is not None:
+                    assert s["field_scale"] < 1.0 and s["det_min"] >= BLOCK_DET_MIN, s
+        assert float(lazyreg.jacobian_determinant(field).min()) > 0
+    finally:
+        del lazyreg.registration.steps.STEPS["test_fold"]
+    u = np.zeros((6, 6, 6, 3), np.float32)
+    u[..., 0] = -2.0 * np.arange(6.0)[:, None, None]
+    _, scale, det_min = regular_field(u, Grid((6, 6, 6), 1.0))
+    assert scale == 0.25 and det_min == pytest.approx(0.5)
+
+
+def test_an_outlier_block_is_left_out_and_filled_from_its_neighbours():
+    g = Grid((48, 48, 48), 1.0)
+    layout = block_layout(g, 16, 0.5)  # pad 8: a blending ramp 16 voxels wide
+    shift = np.eye(4)
+    shift[:3, 3] = (0.0, 0.0, 9.0)  # more than half the ramp away from its neighbours
+    rows = {i: {"index": i, "status": "ok", "reason": None, "matrix": np.eye(4)} for i in layout.indices()}
+    rows[(1, 1, 1)] = dict(rows[(1, 1, 1)], matrix=shift)
+    centre = fill_block(layout, rows[(1, 1, 1)], *[rows[j] for j in layout.neighbours((1, 1, 1))])
+    assert centre["status"] == "failed" and "differs from 26 of its 26 aligned neighbours" in centre["reason"]
+    assert np.allclose(centre["fill"][0], 0.0)  # filled from the neighbours: no displacement
+    # a neighbour disagrees with one block only: kept
+    side = fill_block(layout, rows[(1, 1, 0)], *[rows[j] for j in layout.neighbours((1, 1, 0))])
+    assert side["status"] == "ok"
+    # a small disagreement (below half the ramp) is not an outlier
+    shift[:3, 3] = (0.0, 0.0, 7.0)
+    rows[(1, 1, 1)] = dict(rows[(1, 1, 1)], matrix=shift)
+    assert fill_block(layout, rows[(1, 1, 1)], *[rows[j] for j in layout.neighbours((1, 1, 1))])["status"] == "ok"
