@@ -171,9 +171,14 @@ def resample_array(
 
     Interpolation runs in double precision inside ITK whatever the pixel type, so integer and
     float32 regions are handed over as they are (no float copy); the output is float32 (float64
-    for float64 input), rounded and clipped into ``dtype``.
+    for float64 input and for integers of 32 or 64 bits, which float32 cannot hold exactly),
+    rounded and clipped into ``dtype``. Nearest-neighbour resampling (``order=0``) of integers is
+    exact, 64-bit labels beyond 2^53 included (resampled as two 32-bit halves).
     """
-    work = np.float64 if values.dtype == np.float64 else np.float32
+    wide = np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize >= 4
+    if order == 0 and values.dtype.itemsize == 8 and wide and values.size and np.abs(values).max() >= 2**53:
+        return _resample_halves(values, values_grid, out, steps, fill_value, dtype, threads)
+    work = np.float64 if values.dtype == np.float64 or wide else np.float32
     if values.dtype not in _SITK_PIXEL_TYPES:
         values = values.astype(work)
     img = sitk.GetImageFromArray(np.ascontiguousarray(values))
@@ -193,6 +198,18 @@ def resample_array(
         return sitk.GetArrayFromImage(res_img)
     # a view on ITK's buffer (valid while res_img lives): _cast makes the one new array
     return _cast(sitk.GetArrayViewFromImage(res_img), dtype)
+
+
+def _resample_halves(values, values_grid, out, steps, fill_value, dtype, threads) -> np.ndarray:
+    """Nearest-neighbour resampling of 64-bit integers, exactly: the high and low 32 bits apart
+    (nearest neighbour picks the same voxel for both)."""
+    v = np.asarray(values)
+    fill = int(fill_value)
+    kw = dict(order=0, dtype=np.dtype(np.int64), threads=threads)
+    hi = resample_array((v >> 32).astype(np.int64), values_grid, out, steps, fill_value=fill >> 32, **kw)
+    lo = resample_array((v & 0xFFFFFFFF).astype(np.int64), values_grid, out, steps, fill_value=fill & 0xFFFFFFFF, **kw)
+    joined = (hi.astype(np.int64) << 32) | lo.astype(np.int64)
+    return joined.astype(dtype) if np.dtype(dtype) != np.int64 else joined
 
 
 def _cast(res: np.ndarray, dtype: np.dtype) -> np.ndarray:

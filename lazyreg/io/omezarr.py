@@ -9,6 +9,8 @@ public names are importable from here too.
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -67,15 +69,42 @@ def _is_regular(chunks: tuple[tuple[int, ...], ...]) -> bool:
 
 
 def _source_paths(arr: da.Array) -> list[Path]:
-    """Folders / files that lazyreg sources in the graph of ``arr`` read from."""
-    out = []
-    for layer in arr.dask.layers.values():
-        if not isinstance(layer, MaterializedLayer):  # sources live in materialized layers only
+    """Folders / files that lazyreg sources anywhere in the graph of ``arr`` read from.
+
+    Sources sit in graph layers, in task arguments (the reader task of ``apply_transform``, a
+    chunk's plan), in recipes run inside tasks (:class:`lazyreg.result_cache.Deferred`) and inside
+    chunk caches: every task and its arguments are walked, so that a write can never delete what
+    it reads.
+    """
+    out: list[Path] = []
+    seen: set[int] = set()
+    # only materialized layers hold sources (lazyreg's own layers are); walking a blockwise
+    # layer would materialize it
+    stack: list = [layer for layer in arr.dask.layers.values() if isinstance(layer, MaterializedLayer)]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen or isinstance(v, (str, bytes, int, float, np.ndarray, np.generic)) or v is None:
             continue
-        for v in layer.mapping.values():
-            v = getattr(v, "value", v)  # dask task-spec DataNode
-            if isinstance(v, Source) and getattr(v, "path", None) is not None:
+        seen.add(id(v))
+        if isinstance(v, Source):
+            if getattr(v, "path", None) is not None:
                 out.append(Path(v.path).resolve())
+            inner = getattr(v, "inner", None)
+            if inner is not None:
+                stack.append(inner)
+            continue
+        if isinstance(v, MaterializedLayer):
+            stack.extend(v.mapping.values())
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (tuple, list, set, frozenset)):
+            stack.extend(v)
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            stack.extend(getattr(v, f.name) for f in dataclasses.fields(v))
+        else:
+            for attr in ("value", "args", "kwargs", "spec", "dependencies"):
+                if hasattr(v, attr) and not callable(getattr(v, attr)):
+                    stack.append(getattr(v, attr))
     return out
 
 
