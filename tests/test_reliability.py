@@ -45,3 +45,26 @@ def test_nearest_neighbour_keeps_large_integer_labels_exact(dtype, base):
     shifted = lazyreg.apply_transform(img, img, [Affine.from_translation(1.0)], order=0, fill_value=0).values
     np.testing.assert_array_equal(shifted[:-1, :-1, :-1], labels[1:, 1:, 1:])
     assert len(np.unique(shifted[:-1, :-1, :-1])) == 64
+
+
+def test_the_affine_step_is_unit_free():
+    """The same pair in micrometres and in nanometres gives the same transform (up to the unit);
+    it made no iteration in nanometres (its minimum step scaled with the spacing)."""
+    f, m, _ = lazyreg.data.synthetic_pair((32, 64, 64), seed=0)
+    out = []
+    for k in (1.0, 1000.0):
+        F = lazyreg.image(f.values, np.asarray(lazyreg.spacing(f)) * k, np.asarray(lazyreg.origin(f)) * k)
+        M = lazyreg.image(m.values, np.asarray(lazyreg.spacing(m)) * k, np.asarray(lazyreg.origin(m)) * k)
+        A = lazyreg.align(F, M, [("affine", {})]).compute(scheduler="threads")
+        assert all(lv["iterations"] > 0 for lv in A.report[0]["levels"]) and A.report[0]["warning"] is None
+        m_k = np.asarray(A.matrix).copy()
+        m_k[:3, 3] /= k
+        out.append(m_k)
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+
+
+def test_an_optimizer_that_does_not_move_says_so(caplog):
+    f, m, _ = lazyreg.data.synthetic_pair((16, 32, 32), seed=0)
+    with caplog.at_level("WARNING", logger="lazyreg"):
+        A = lazyreg.align_affine(f, m, shrink_factors=(1,), optimizer_args={"minStep": 10.0})
+    assert "no iteration" in A.report["warning"] and any("no iteration" in r.message for r in caplog.records)

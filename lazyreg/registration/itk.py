@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 import xarray as xr
 
-from ..images import Grid, grid_of, validate_image
+from ..images import Grid, grid_of, image, validate_image
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 from .itk_options import validate_itk_options
@@ -164,6 +164,14 @@ def align_affine(
     )
     validate_image(fixed, "fixed")
     validate_image(moving, "moving")
+    # run in units of the fixed voxel size, so that no optimizer setting depends on the unit
+    # (the same pair in micrometres or nanometres gives the same transform)
+    unit = float(min(grid_of(fixed, "fixed").spacing))
+    init = np.eye(4) if o["initial"] is None else o["initial"]
+    o = dict(o, initial=_in_unit(init, unit), fixed_mask=_rescaled(o["fixed_mask"], unit),
+             moving_mask=_rescaled(o["moving_mask"], unit),
+             smooth_sigmas=None if o["smooth_sigmas"] is None else tuple(v / unit for v in o["smooth_sigmas"]))
+    fixed, moving = _rescaled(fixed, unit), _rescaled(moving, unit)
     centre = centre_xyz(grid_of(fixed, "fixed"))
 
     def make(_: sitk.Image) -> sitk.Transform:
@@ -172,11 +180,26 @@ def align_affine(
         return t
 
     t, _, summary = run_levels(o, fixed, moving, make)
-    local = Affine.from_sitk(t).matrix
-    init = np.eye(4) if o["initial"] is None else o["initial"]
+    local = _in_unit(Affine.from_sitk(t).matrix, 1.0 / unit)
     matrix = np.asarray(init @ local, dtype=float)
     report = {"step": "affine", "transform": o["transform"], **summary}
     return Affine(matrix, report=report)
+
+
+def _rescaled(img: xr.DataArray | None, unit: float) -> xr.DataArray | None:
+    """The image with its coordinates divided by ``unit`` (data not copied)."""
+    if img is None:
+        return None
+    g = grid_of(img)
+    out = image(img.data, tuple(s / unit for s in g.spacing), tuple(v / unit for v in g.origin))
+    return out
+
+
+def _in_unit(matrix: np.ndarray, unit: float) -> np.ndarray:
+    """An affine matrix for coordinates divided by ``unit`` (its translation divided)."""
+    m = np.array(matrix, dtype=float)
+    m[:3, 3] /= unit
+    return m
 
 
 def align_deformable(

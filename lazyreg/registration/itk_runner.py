@@ -8,6 +8,7 @@ transform in place and reports each level. The helpers below it know the deforma
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -35,6 +36,8 @@ from .itk_options import (
 )
 
 __all__ = ["run_levels", "deformable_field_grid"]
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- images
 
@@ -200,7 +203,7 @@ def _setup_method(
                 f"got {len(opt_args['numberOfSteps'])}"
             )
     if o["optimizer"] == "regular_step_gradient_descent":
-        opt_args.setdefault("minStep", MIN_STEP_FRACTION * min_spacing)
+        opt_args.setdefault("minStep", MIN_STEP_FRACTION)  # steps are in scaled units: a first step is about one voxel
     if o["optimizer"] == "one_plus_one_evolutionary":
         opt_args.setdefault("seed", _itk_seed(o["seed"]))
     getattr(R, OPTIMIZERS[o["optimizer"]])(**opt_args)
@@ -307,7 +310,16 @@ def run_levels(
                 "seconds": time.perf_counter() - t0,
             }
         )
+    idle = [lv["level"] for lv in levels if lv["iterations"] == 0]
+    warning = None
+    if idle:
+        warning = (
+            f"the optimizer made no iteration at level(s) {idle} ({levels[idle[0] - 1]['stop_condition'][:160]}); "
+            "the transform there is the start: check optimizer_args"
+        )
+        log.warning("%s", warning)
     summary = {
+        "warning": warning,
         "metric": o["metric"],
         "optimizer": o["optimizer"],
         "metric_value": levels[-1]["metric_value"],
