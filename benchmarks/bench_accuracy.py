@@ -23,8 +23,10 @@ Registration, per pair (each tool in its own subprocess, so that its peak RSS an
 * ``lazyreg global``: ``align(fixed, moving, [("ransac", {"blob_sizes": ...}), ("affine", {})])``:
   the starting affine ``A`` of every tool below.
 * ``lazyreg default``: ``align_piecewise(fixed, moving, blocksize=..., static_transforms=[A])`` with
-  its default steps; while ``steps`` has no default, ``[("affine", {}), ("deform", {})]`` (the table
-  says which).
+  its default steps (``lazyreg.registration.piecewise.DEFAULT_STEPS``); if ``steps`` had no default,
+  ``[("affine", {}), ("deform", {})]`` (the table says so). Blocksize 128 (phantom: 64).
+* ``lazyreg default (blocksize 64)``, tutorial only, with ``--small-blocks``: the same default steps on blocks half as large
+  (their B-spline mesh scales with the block, so this halves the control-point spacing).
 * ``lazyreg bigstream``: bigstream's tutorial steps (ransac + deform, control points every 128 um,
   10 iterations) at blocksize 128 (phantom: 64), as ``bench_piecewise.py``.
 * ``sitk bspline``: SimpleITK's ``ImageRegistrationMethod`` on the whole volume in memory, written
@@ -54,7 +56,8 @@ piecewise configurations, block outcomes and blocks whose own TRE got worse than
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_accuracy.py            # both pairs, all tools (~15-20 min on 2 idle cores)
+    .venv/bin/python benchmarks/bench_accuracy.py            # both pairs, all tools (~12 min on 2 idle cores)
+    .venv/bin/python benchmarks/bench_accuracy.py --small-blocks   # + default steps at blocksize 64 (~22 min)
     .venv/bin/python benchmarks/bench_accuracy.py --quick    # small crops (~2-3 min)
     .venv/bin/python benchmarks/bench_accuracy.py --tools lazyreg,sitk --pairs tutorial --data PATH --out FILE
 
@@ -128,6 +131,36 @@ PAIRS = ("tutorial", "phantom")
 CHECK_POINTS_TOL_VOXELS = 0.05  # field vs the tool's own point mapping
 CHECK_KNOWN_TOL_UM = 1e-3  # the initial affine alone through a tool's conversion path
 CHECK_IMAGE_MIN_PEARSON = 0.999  # the tool's own resampled image vs lazyreg's through [A, D]
+
+
+def peak_rss() -> int:
+    """Peak RSS of this process (``VmHWM``, bytes). Not ``getrusage``'s ``ru_maxrss``: Linux carries it
+    over fork + exec, so a worker would report at least the parent's RSS at the time it was started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return C.self_maxrss()
+
+
+def lazyreg_identity() -> dict:
+    """Which lazyreg ran: the git commit, whether the tree was dirty, and md5s of the registration code."""
+    import hashlib
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    files = sorted((ROOT / "lazyreg" / "registration").glob("*.py")) + [ROOT / "lazyreg" / "resample.py"]
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty_files": [ln[3:] for ln in (git("status", "--porcelain", "--", "lazyreg") or "").splitlines()],
+        "md5": {str(f.relative_to(ROOT)): hashlib.md5(f.read_bytes()).hexdigest()[:10] for f in files},
+    }
 
 
 def bigstream_steps(pair: str) -> list:
@@ -314,7 +347,7 @@ def worker_global(work: Path, spec: dict) -> dict:
     rec: dict = {"steps": steps, "rss_before_bytes": C.current_rss()}
     with C.timer(rec):
         A = lazyreg.align(fixed, moving, steps).compute()
-    rec["peak_rss_bytes"] = C.self_maxrss()
+    rec["peak_rss_bytes"] = peak_rss()
     np.save(work / "A.npy", np.asarray(A.matrix))
     rec["report"] = A.report
     return rec
@@ -325,12 +358,12 @@ def worker_lazyreg(work: Path, spec: dict) -> dict:
 
     meta, fixed, moving = _load_pair(work)
     A = lazyreg.Affine(np.load(work / "A.npy"))
-    bs = tuple(min(spec["blocksize"], n) for n in fixed.shape)
+    bs = tuple(min(spec["blocksize"] // (2 if spec["config"] == "default-half" else 1), n) for n in fixed.shape)
     ff = FOREGROUND_FRACTION[spec["pair"]]
     kw = {"blocksize": bs, "static_transforms": [A], **({} if ff is None else {"foreground_fraction": ff})}
     rec: dict = {"rss_before_bytes": C.current_rss(), "foreground_fraction": ff or "default"}
     with C.timer(rec):
-        if spec["config"] == "default":
+        if spec["config"] in ("default", "default-half"):
             try:
                 field = lazyreg.align_piecewise(fixed, moving, **kw)
                 rec["steps"] = "align_piecewise default steps"
@@ -345,7 +378,7 @@ def worker_lazyreg(work: Path, spec: dict) -> dict:
             field = lazyreg.align_piecewise(fixed, moving, rec["steps"], **kw)
         rec["chunks"] = [list(c) for c in field.chunks[:3]]
         field = field.compute()
-    rec["peak_rss_bytes"] = C.self_maxrss()
+    rec["peak_rss_bytes"] = peak_rss()
     rec["blocksize"] = list(bs)
     np.save(work / "field.npy", np.asarray(field.values, dtype=np.float32))
     rec["block_rows"] = field.report
@@ -383,7 +416,7 @@ def worker_sitk(work: Path, spec: dict) -> dict:
         R.SetMovingInitialTransform(lazyreg.Affine(A).to_sitk())
         R.SetInitialTransform(tx, inPlace=True)
         out = R.Execute(F, M)
-    rec["peak_rss_bytes"] = C.self_maxrss()
+    rec["peak_rss_bytes"] = peak_rss()
     rec["optimizer_stop"] = R.GetOptimizerStopConditionDescription()
     rec["metric_value"] = R.GetMetricValue()
     bs = out.Downcast() if hasattr(out, "Downcast") else out
@@ -435,7 +468,7 @@ def worker_ants(work: Path, spec: dict) -> dict:
     with C.timer(rec):
         reg = ants.registration(F, M, type_of_transform=ANTS["type_of_transform"], initial_transform=[init],
                                 outprefix=str(tmp / "reg_"))
-    rec["peak_rss_bytes"] = C.self_maxrss()
+    rec["peak_rss_bytes"] = peak_rss()
     rec["fwdtransforms"] = [Path(p).name for p in reg["fwdtransforms"]]
 
     def compose(transforms, prefix):  # ANTs' list (the last applied first to points) -> one total field
@@ -507,7 +540,7 @@ def worker_elastix(work: Path, spec: dict) -> dict:
                                                                    log_to_console=False)
         reg.SetInitialTransform(init)
         reg.Update()
-    rec["peak_rss_bytes"] = C.self_maxrss()
+    rec["peak_rss_bytes"] = peak_rss()
     q = _random_points(fixed.shape, sp, org, 500)
     known = lazyreg.DisplacementField.from_array(field_of(init), sp, org)
     known_err = float(np.abs(known(q) - lazyreg.Affine(A)(q)).max())
@@ -690,6 +723,8 @@ def main() -> int:
     ap.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, of {','.join(PAIRS)}")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "tutorial")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--small-blocks", action="store_true",
+                    help="also the default steps at half the blocksize on the tutorial (64: 96 blocks, ~10 min more)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -711,6 +746,7 @@ def main() -> int:
         "benchmark": "known-truth accuracy (issues 13, 17)",
         "machine": machine,
         "quick": args.quick,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
         "seed": SEED,
         "threads": THREADS,
         "tool_versions": {p: (metadata.version(p) if importlib.util.find_spec(m) else None)
@@ -720,6 +756,7 @@ def main() -> int:
                      "foreground_fraction": FOREGROUND_FRACTION,
                      "checks": {"points_tol_voxels": CHECK_POINTS_TOL_VOXELS, "known_tol_um": CHECK_KNOWN_TOL_UM,
                                 "image_min_pearson": CHECK_IMAGE_MIN_PEARSON}},
+        "lazyreg_at_start": lazyreg_identity(),
         "pairs": {},
         "rows": [],
         "load_average_per_run": [],
@@ -790,8 +827,10 @@ def main() -> int:
             if "lazyreg" in tools:
                 bs = (BLOCKSIZE_QUICK if args.quick else BLOCKSIZE)[pname]
                 ff = "" if FOREGROUND_FRACTION[pname] is None else f", foreground_fraction {FOREGROUND_FRACTION[pname]}"
-                runs += [("lazyreg", "default", f"lazyreg piecewise default (blocksize {bs}{ff})"),
-                         ("lazyreg", "bigstream", f"lazyreg piecewise bigstream steps (blocksize {bs}{ff})")]
+                runs += [("lazyreg", "default", f"lazyreg piecewise default (blocksize {bs}{ff})")]
+                if pname == "tutorial" and args.small_blocks:  # the default steps on smaller blocks (their mesh scales with the block)
+                    runs.append(("lazyreg", "default-half", f"lazyreg piecewise default (blocksize {bs // 2})"))
+                runs.append(("lazyreg", "bigstream", f"lazyreg piecewise bigstream steps (blocksize {bs}{ff})"))
             if "sitk" in tools:
                 runs.append(("sitk", "", "SimpleITK B-spline, whole volume"))
             if "ants" in tools:
@@ -819,11 +858,11 @@ def main() -> int:
                 if tool == "lazyreg":
                     rows = rec.pop("block_rows")
                     counts = Counter(r["status"] for r in rows)
-                    reasons = Counter((r["reason"] or "")[:48] for r in rows if r["status"] == "failed")
-                    if isinstance(rec.get("steps"), list) and config == "default":
+                    reasons = Counter((r["reason"] or "")[:60] for r in rows if r["status"] != "ok")
+                    if isinstance(rec.get("steps"), list) and config.startswith("default"):
                         note = "steps have no default yet: fallback [affine, deform]"
-                    blk = "/".join(str(counts.get(k, 0)) for k in ("ok", "failed", "skipped"))
-                    note = (note + "; " if note else "") + f"blocks ok/failed/skipped {blk}"
+                    blk = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+                    note = (note + "; " if note else "") + f"blocks: {blk}"
                     extra = {"blocks": dict(counts), "failed_reasons": dict(reasons), "block_rows": rows}
                 else:
                     checks = rec["checks"]
@@ -843,6 +882,9 @@ def main() -> int:
             del g_row, pair, sc
 
     record["seconds_total"] = round(time.perf_counter() - t0, 1)
+    record["lazyreg_at_end"] = lazyreg_identity()
+    if record["lazyreg_at_end"] != record["lazyreg_at_start"]:
+        print("note: lazyreg's code changed during the run (see lazyreg_at_start / lazyreg_at_end)")
     record["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     record["wrong"] = wrong
     print()

@@ -10,6 +10,7 @@ an optional field on the block's field grid) and a report row.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 import math
 import time
 from dataclasses import dataclass
@@ -291,4 +292,11 @@ def report_rows(*results: dict) -> list[dict]:
     >>> report_rows(row)[0]["status"]
     'ok'
     """
-    return [{k: r[k] for k in REPORT_KEYS} for r in results]
+    rows = [{k: r[k] for k in REPORT_KEYS} for r in results]
+    if rows and not any(r["status"] in ("ok", "unchanged") for r in rows):
+        log.warning(
+            "align_piecewise: no block was aligned (%s): the field is zero; for sparse samples lower "
+            "foreground_fraction or pass fixed_mask",
+            ", ".join(f"{n} {k}" for k, n in sorted(Counter(r["status"] for r in rows).items())),
+        )
+    return rows
