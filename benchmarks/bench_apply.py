@@ -314,6 +314,7 @@ def run_profile(work: Path, n: int) -> dict:
 
     import lazyreg
     import lazyreg.resample as R
+    from lazyreg.interpolation import resample_array
     from lazyreg.regions import sub_grid
     from lazyreg.io.omezarr import ZarrSource
     from lazyreg.io.source import ChunkCache
@@ -341,10 +342,12 @@ def run_profile(work: Path, n: int) -> dict:
 
     wrap(ChunkCache, "read", "moving region from the chunk cache (incl. the chunk reads below)")
     wrap(ZarrSource, "read", "  of which read moving chunk (zarr read + decompress)")
+    import lazyreg.interpolation as I
+
     wrap(R, "resample_array", "resample_array (total: cast, ITK, cast back)")
     wrap(sitk.ResampleImageFilter, "Execute", "  of which ITK ResampleImageFilter.Execute")
     wrap(sitk, "GetImageFromArray", "  of which GetImageFromArray")
-    wrap(R, "_cast", "  of which rint/clip/astype to uint16")
+    wrap(I, "cast_to", "  of which rint/clip/astype to uint16")
     wrap(zarr.Array, "__setitem__", "write output chunk (compress + zarr write)")
 
     g = moving_grid(n)
@@ -380,7 +383,7 @@ def run_profile(work: Path, n: int) -> dict:
         vals = np.asarray(mov.data[mid.region].compute())
         steps = [("affine", np.asarray(A.matrix), None)]
         t1 = time.perf_counter()
-        R.resample_array(vals, sub_grid(mid.moving, mid.region), mid.out, steps, order=1, fill_value=0, dtype=np.uint16, threads=1)
+        resample_array(vals, sub_grid(mid.moving, mid.region), mid.out, steps, order=1, fill_value=0, dtype=np.uint16, threads=1)
         dt = time.perf_counter() - t1
         single = {"voxels": int(np.prod(mid.out.shape)), "seconds": dt, "voxels_per_s": np.prod(mid.out.shape) / dt}
     # what the writer's codec costs: one output chunk written with to_zarr's zstd level 1 and others

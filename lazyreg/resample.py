@@ -31,7 +31,6 @@ from typing import Any, Sequence
 
 import dask.array as da
 import numpy as np
-import SimpleITK as sitk
 import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
@@ -39,6 +38,7 @@ from dask.highlevelgraph import HighLevelGraph
 from .errors import LazyregError, LazyregWarning
 from .images import Grid, grid_of, validate_image
 from .io.source import ChunkCache, chunk_cache_bytes, find_source, read_region
+from .interpolation import cast_to, resample_array
 from .regions import ChunkRefs, affine_box, chunk_grids, field_box, index_region, sub_grid
 from .transforms.affine import Affine
 from .transforms.field import DisplacementField
@@ -55,9 +55,6 @@ SMALL_MOVING_BYTES = 256 * 2**20
 #: prefilters the region it reads; the prefilter's influence decays as 0.268**n voxels, so a
 #: margin of 12 keeps the difference from filtering the whole image below 1e-6 of the signal.
 MARGIN = {0: 1, 1: 1, 3: 12}
-_INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
-#: Pixel types SimpleITK images hold as they are (others are converted to float before resampling).
-_SITK_PIXEL_TYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64))
 
 # --------------------------------------------------------------------------- graph pieces
 
@@ -129,102 +126,6 @@ def _box_through(steps: list[tuple[str, Any, Any]], plan: _Plan, box):
                     )
             box = new
     return box
-
-
-def _to_sitk_transform(steps: list[tuple[str, Any, Any]]) -> sitk.Transform:
-    parts: list[sitk.Transform] = []
-    pending: np.ndarray | None = None
-    for kind, a, g in steps:
-        if kind == "affine":
-            pending = a if pending is None else pending @ a
-            continue
-        if a is None:
-            continue
-        if pending is not None:
-            parts.append(Affine(pending).to_sitk())
-            pending = None
-        parts.append(DisplacementField.from_array(a, g.spacing, g.origin).to_sitk())
-    if pending is not None:
-        parts.append(Affine(pending).to_sitk())
-    if not parts:
-        return sitk.Transform(3, sitk.sitkIdentity)
-    if len(parts) == 1:
-        return parts[0]
-    comp = sitk.CompositeTransform(3)
-    for p in parts:  # ITK applies the last added first, as our lists do
-        comp.AddTransform(p)
-    return comp
-
-
-def resample_array(
-    values: np.ndarray,
-    values_grid: Grid,
-    out: Grid,
-    steps: list[tuple[str, Any, Any]],
-    *,
-    order: int,
-    fill_value: float,
-    dtype: np.dtype,
-    threads: int = 1,
-) -> np.ndarray:
-    """Resample an in-memory moving region onto the ``out`` grid with SimpleITK (one task's work).
-
-    Interpolation runs in double precision inside ITK whatever the pixel type, so integer and
-    float32 regions are handed over as they are (no float copy); the output is float32 (float64
-    for float64 input and for integers of 32 or 64 bits, which float32 cannot hold exactly),
-    rounded and clipped into ``dtype``. Nearest-neighbour resampling (``order=0``) of integers is
-    exact, 64-bit labels beyond 2^53 included (resampled as two 32-bit halves).
-    """
-    wide = np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize >= 4
-    if order == 0 and values.dtype.itemsize == 8 and wide and values.size and np.abs(values).max() >= 2**53:
-        return _resample_halves(values, values_grid, out, steps, fill_value, dtype, threads)
-    work = np.float64 if values.dtype == np.float64 or wide else np.float32
-    if values.dtype not in _SITK_PIXEL_TYPES:
-        values = values.astype(work)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(values))
-    img.SetSpacing(values_grid.spacing[::-1])
-    img.SetOrigin(values_grid.origin[::-1])
-    f = sitk.ResampleImageFilter()
-    f.SetSize([int(s) for s in out.shape[::-1]])
-    f.SetOutputSpacing(out.spacing[::-1])
-    f.SetOutputOrigin(out.origin[::-1])
-    f.SetTransform(_to_sitk_transform(steps))
-    f.SetInterpolator(_INTERPOLATORS[order])
-    f.SetDefaultPixelValue(float(fill_value))
-    f.SetOutputPixelType(sitk.sitkFloat64 if work == np.float64 else sitk.sitkFloat32)
-    f.SetNumberOfThreads(int(threads))
-    res_img = f.Execute(img)
-    if dtype == work:
-        return sitk.GetArrayFromImage(res_img)
-    # a view on ITK's buffer (valid while res_img lives): _cast makes the one new array
-    return _cast(sitk.GetArrayViewFromImage(res_img), dtype)
-
-
-def _resample_halves(values, values_grid, out, steps, fill_value, dtype, threads) -> np.ndarray:
-    """Nearest-neighbour resampling of 64-bit integers, exactly: the high and low 32 bits apart
-    (nearest neighbour picks the same voxel for both)."""
-    v = np.asarray(values)
-    fill = int(fill_value)
-    kw = dict(order=0, dtype=np.dtype(np.int64), threads=threads)
-    hi = resample_array((v >> 32).astype(np.int64), values_grid, out, steps, fill_value=fill >> 32, **kw)
-    lo = resample_array((v & 0xFFFFFFFF).astype(np.int64), values_grid, out, steps, fill_value=fill & 0xFFFFFFFF, **kw)
-    joined = (hi.astype(np.int64) << 32) | lo.astype(np.int64)
-    return joined.astype(dtype) if np.dtype(dtype) != np.int64 else joined
-
-
-def _cast(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``res`` (float) in ``dtype``: integers rounded to nearest and clipped, never wrapped.
-
-    Always returns a new array when ``dtype`` differs from ``res.dtype``; ``res`` is not modified.
-    """
-    if dtype == np.bool_:
-        return res >= 0.5
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        out = np.rint(res)  # the one float temporary, then in place
-        np.clip(out, info.min, info.max, out=out)
-        return out.astype(dtype)
-    return res.astype(dtype, copy=False)
 
 
 def _resample_chunk(plan: _Plan, moving: Any, *dep_blocks: list) -> np.ndarray:
@@ -430,7 +331,7 @@ def apply_transform(
     g_out = grid_of(fixed, "fixed")
     g_mov = grid_of(moving, "moving")
     dtype = np.dtype(moving.dtype)
-    fill_cast = _cast(np.array([fill]), dtype)[0]
+    fill_cast = cast_to(np.array([fill]), dtype)[0]
     out_chunks = _default_chunks(g_out, moving, dtype, chunks)
     prepared = _prepare(transforms, _check_max_displacement(max_displacement))
 

@@ -22,7 +22,7 @@ from scipy import ndimage as ndi
 from ..errors import LazyregError
 from ..images import Grid, image
 from ..metrics import pearson_arrays
-from ..resample import resample_array
+from ..interpolation import resample_array
 from ..transforms.affine import Affine
 from ..transforms.jacobian import determinant_values
 from ..transforms.points import transform_points

@@ -1,0 +1,138 @@
+"""The work of one resampling task: interpolate an in-memory moving region with SimpleITK.
+
+:func:`resample_array` takes the region, its grid, the output grid and the transform steps with
+their values known (affine matrices, field blocks) and returns the output chunk in its dtype.
+The lazy engine that decides which region each task reads is :mod:`lazyreg.resample`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from .images import Grid
+from .transforms.affine import Affine
+from .transforms.field import DisplacementField
+
+__all__ = ["resample_array", "cast_to"]
+
+_INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
+
+
+#: Pixel types SimpleITK images hold as they are (others are converted to float before resampling).
+_SITK_PIXEL_TYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64))
+
+
+def _to_sitk_transform(steps: list[tuple[str, Any, Any]]) -> sitk.Transform:
+    parts: list[sitk.Transform] = []
+    pending: np.ndarray | None = None
+    for kind, a, g in steps:
+        if kind == "affine":
+            pending = a if pending is None else pending @ a
+            continue
+        if a is None:
+            continue
+        if pending is not None:
+            parts.append(Affine(pending).to_sitk())
+            pending = None
+        parts.append(DisplacementField.from_array(a, g.spacing, g.origin).to_sitk())
+    if pending is not None:
+        parts.append(Affine(pending).to_sitk())
+    if not parts:
+        return sitk.Transform(3, sitk.sitkIdentity)
+    if len(parts) == 1:
+        return parts[0]
+    comp = sitk.CompositeTransform(3)
+    for p in parts:  # ITK applies the last added first, as our lists do
+        comp.AddTransform(p)
+    return comp
+
+
+def resample_array(
+    values: np.ndarray,
+    values_grid: Grid,
+    out: Grid,
+    steps: list[tuple[str, Any, Any]],
+    *,
+    order: int,
+    fill_value: float,
+    dtype: np.dtype,
+    threads: int = 1,
+) -> np.ndarray:
+    """Resample an in-memory moving region onto the ``out`` grid with SimpleITK (one task's work).
+
+    Interpolation runs in double precision inside ITK whatever the pixel type, so integer and
+    float32 regions are handed over as they are (no float copy); the output is float32 (float64
+    for float64 input and for integers of 32 or 64 bits, which float32 cannot hold exactly),
+    rounded and clipped into ``dtype``. Nearest-neighbour resampling (``order=0``) of integers is
+    exact, 64-bit labels beyond 2^53 included (resampled as two 32-bit halves).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lazyreg import Affine, Grid
+    >>> g = Grid((4, 4, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    >>> values = np.arange(64, dtype=np.uint16).reshape(4, 4, 4)
+    >>> shift = ("affine", Affine.from_translation((0.0, 0.0, 1.0)).matrix, None)
+    >>> out = resample_array(values, g, g, [shift], order=1, fill_value=0, dtype=values.dtype)
+    >>> out[0, 0]
+    array([1, 2, 3, 0], dtype=uint16)
+    """
+    wide = np.issubdtype(values.dtype, np.integer) and values.dtype.itemsize >= 4
+    if order == 0 and values.dtype.itemsize == 8 and wide and values.size and np.abs(values).max() >= 2**53:
+        return _resample_halves(values, values_grid, out, steps, fill_value, dtype, threads)
+    work = np.float64 if values.dtype == np.float64 or wide else np.float32
+    if values.dtype not in _SITK_PIXEL_TYPES:
+        values = values.astype(work)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(values))
+    img.SetSpacing(values_grid.spacing[::-1])
+    img.SetOrigin(values_grid.origin[::-1])
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(s) for s in out.shape[::-1]])
+    f.SetOutputSpacing(out.spacing[::-1])
+    f.SetOutputOrigin(out.origin[::-1])
+    f.SetTransform(_to_sitk_transform(steps))
+    f.SetInterpolator(_INTERPOLATORS[order])
+    f.SetDefaultPixelValue(float(fill_value))
+    f.SetOutputPixelType(sitk.sitkFloat64 if work == np.float64 else sitk.sitkFloat32)
+    f.SetNumberOfThreads(int(threads))
+    res_img = f.Execute(img)
+    if dtype == work:
+        return sitk.GetArrayFromImage(res_img)
+    # a view on ITK's buffer (valid while res_img lives): _cast makes the one new array
+    return cast_to(sitk.GetArrayViewFromImage(res_img), dtype)
+
+
+def _resample_halves(values, values_grid, out, steps, fill_value, dtype, threads) -> np.ndarray:
+    """Nearest-neighbour resampling of 64-bit integers, exactly: the high and low 32 bits apart
+    (nearest neighbour picks the same voxel for both)."""
+    v = np.asarray(values)
+    fill = int(fill_value)
+    kw = dict(order=0, dtype=np.dtype(np.int64), threads=threads)
+    hi = resample_array((v >> 32).astype(np.int64), values_grid, out, steps, fill_value=fill >> 32, **kw)
+    lo = resample_array((v & 0xFFFFFFFF).astype(np.int64), values_grid, out, steps, fill_value=fill & 0xFFFFFFFF, **kw)
+    joined = (hi.astype(np.int64) << 32) | lo.astype(np.int64)
+    return joined.astype(dtype) if np.dtype(dtype) != np.int64 else joined
+
+
+def cast_to(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``res`` (float) in ``dtype``: integers rounded to nearest and clipped, never wrapped.
+
+    Always returns a new array when ``dtype`` differs from ``res.dtype``; ``res`` is not modified.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cast_to(np.array([-3.0, 1.4, 1.6, 300.0]), np.dtype(np.uint8))
+    array([  0,   1,   2, 255], dtype=uint8)
+    """
+    if dtype == np.bool_:
+        return res >= 0.5
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        out = np.rint(res)  # the one float temporary, then in place
+        np.clip(out, info.min, info.max, out=out)
+        return out.astype(dtype)
+    return res.astype(dtype, copy=False)
