@@ -29,7 +29,8 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import LazyregError
-from ..images import Grid, grid_of, image
+from ..images import Grid, image
+from .selection import store_indices
 
 __all__ = [
     "file_stamp","Source", "ChunkCache", "chunk_cache_bytes", "from_source", "find_source", "read_region", "region_array"]
@@ -316,7 +317,8 @@ def find_source(img: xr.DataArray) -> tuple[Source, tuple[int, int, int], tuple[
     Returns ``(source, start, step)`` such that ``img.values == source[start::step, ...]`` (cropped to
     ``img.shape``), or ``None`` when the image is in memory, computed from something else, or changed
     after opening (any graph layer other than reading, slicing and re-chunking). ``start`` and
-    ``step`` are found from the image's coordinates relative to the source's grid.
+    ``step`` are traced through the graph (:func:`lazyreg.io.selection.store_indices`), never taken
+    from the coordinates, which can be reassigned without moving data.
 
     Examples
     --------
@@ -348,15 +350,14 @@ def find_source(img: xr.DataArray) -> tuple[Source, tuple[int, int, int], tuple[
     for k in layers:
         if k not in allowed and not k.startswith(_SELECTION_PREFIXES):
             return None
-    g = grid_of(img)
-    start = (np.asarray(g.origin) - np.asarray(source.grid.origin)) / np.asarray(source.grid.spacing)
-    step = np.asarray(g.spacing) / np.asarray(source.grid.spacing)
-    if not (np.allclose(start, np.round(start), atol=1e-3) and np.allclose(step, np.round(step), atol=1e-3)):
+    vectors = store_indices(arr, name)
+    if vectors is None:
         return None
-    start_i = tuple(int(v) for v in np.round(start))
-    step_i = tuple(int(v) for v in np.round(step))
-    if min(step_i) < 1 or min(start_i) < 0:
-        return None
+    start_i = tuple(int(v[0]) for v in vectors)
+    step_i = tuple(int(v[1] - v[0]) if len(v) > 1 else 1 for v in vectors)
+    for v, a, b in zip(vectors, start_i, step_i):
+        if b < 1 or a < 0 or not np.array_equal(v, a + b * np.arange(len(v))):
+            return None
     return source, start_i, step_i
 
 
