@@ -72,7 +72,7 @@ def test_help_documents_commands_and_conventions(capsys):
     assert main(["align-piecewise", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("PATH[:GROUP]", "fix.n5:lowres", "--blocksize", "--overlap", "--static", "--field-spacing",
-                 "--scheduler local|ADDRESS|threads|synchronous", "--workers", "--threads", "--memory-limit",
+                 "--scheduler auto|local|ADDRESS|threads|synchronous", "--workers", "--threads", "--memory-limit",
                  "--overwrite", "--quiet", "--debug", "tcp://", "T1(T2(x))", "exit codes"):
         assert flag in text, flag
     assert main(["--version"]) == 0
@@ -121,6 +121,8 @@ def test_align_writes_transforms_image_report_and_pictures(pair, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["command"] == "align"
     assert report["steps"] == [["ransac", {"blob_sizes": [2, 8]}], ["affine", {}]]
+    (ransac, given), (_, affine) = report["steps_in_effect"]
+    assert given["blob_sizes"] == [2, 8] and given["nspots"] == 2000 and affine["metric"] == "correlation"
     assert [s["step"] for s in report["step_reports"]] == ["ransac", "affine"]
     assert np.allclose(report["affine"], np.asarray(A))
     assert report["pearson_after"] > report["pearson_before"] + 0.3
@@ -156,9 +158,15 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
     assert re.search(r"piecewise alignment in [\d.]+ s; 4 blocks: \d+ ok", r.stdout), r.stdout
     assert "mean block Pearson gain" in r.stdout and not re.search(r"\d\.\d{4,}", r.stdout), r.stdout
     field = lazyreg.load_transform(out / "field.ome.zarr")
-    assert isinstance(field, lazyreg.DisplacementField) and field.grid.shape == SHAPE
+    # by default the field is written every 4 fixed voxels (covering the fixed grid), not on every voxel
+    assert isinstance(field, lazyreg.DisplacementField) and field.grid.spacing == tuple(4 * s for s in SPACING)
+    assert field.grid.shape == (7, 13, 13) and field.grid.origin == (0.0, 0.0, 0.0)
     report = json.loads((out / "report.json").read_text())
     assert report["command"] == "align-piecewise" and report["static"] == [str(pair.affine)]
+    # every option in effect is recorded, defaults included
+    assert report["parameters"]["field_spacing"] == [4 * s for s in SPACING]
+    [(name, options)] = report["steps_in_effect"]
+    assert name == "affine" and options["metric"] == "correlation" and "shrink_factors" in options
     assert len(report["blocks"]) == 4  # 1 x 2 x 2 blocks of 24 voxels
     # every block ran exactly once, though the field, its report, the image and the checks use them
     assert report["registration_results"]["block"]["computed"] == 4, report["registration_results"]
@@ -238,6 +246,19 @@ def test_piecewise_summary_groups_reasons_by_kind_and_rounds(capsys):
 
 
 # ---------------------------------------------------------------------------------- apply, invert
+def test_apply_without_scheduler_runs_small_inputs_on_threads_and_says_so(pair, tmp_path, monkeypatch):
+    out = tmp_path / "applied.ome.zarr"
+    r = run("apply", pair.fix, pair.mov, "-t", pair.affine, "-o", out, "--report", tmp_path / "apply.json")
+    assert r.returncode == 0, r.stderr
+    assert "dask: --scheduler auto chose 'threads' for inputs of 0 MiB" in r.stderr
+    assert json.loads((tmp_path / "apply.json").read_text())["scheduler"]["kind"] == "threads"
+    # above the bound (made tiny here), the same command starts a LocalCluster
+    from lazyreg.cli import session
+
+    monkeypatch.setattr(session, "AUTO_THREADS_BYTES", 1024)
+    assert session.auto_scheduler(2048) == "local" and session.auto_scheduler(1024) == "threads"
+
+
 @pytest.mark.slow
 def test_apply_on_a_running_scheduler_matches_apply_transform(pair, tmp_path, capsys, monkeypatch, local_cluster):
     out = tmp_path / "applied.ome.zarr"

@@ -10,11 +10,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..images import grid_of
 from .inputs import input_paths, load_transforms, open_input, read_steps
 from .outputs import check_not_input, describe, output_guard, pictures, prepare_folder, quality_pictures, write_json
 from .session import Session, compute_together, dask_scheduler
 
-__all__ = ["align_command", "piecewise_command"]
+__all__ = ["align_command", "piecewise_command", "steps_in_effect", "FIELD_SPACING_VOXELS"]
+
+#: ``align-piecewise`` writes its field every this many fixed voxels unless --field-spacing is given.
+FIELD_SPACING_VOXELS = 4
 
 ALIGN_OUTPUTS = ("affine.txt", "affine.tfm", "field.ome.zarr", "aligned.ome.zarr", "report.json", "overlay_before.png", "overlay_after.png")
 PIECEWISE_OUTPUTS = ("field.ome.zarr", "aligned.ome.zarr", "report.json", "overlay_before.png", "overlay_after.png", "block_map.png")
@@ -42,6 +46,7 @@ def align_command(args: argparse.Namespace, session: Session) -> None:
     steps = read_steps(args.steps)
     fixed = open_input(args.fixed, "fixed")
     moving = open_input(args.moving, "moving")
+    session.data_bytes = fixed.nbytes + moving.nbytes
     out = prepare_folder(args.output, args.overwrite)
     check_not_input([out / n for n in ALIGN_OUTPUTS], input_paths(args.fixed, args.moving), folder=out)
     lazy = align(fixed, moving, steps, seed=args.seed)  # validates everything before any compute
@@ -64,6 +69,7 @@ def align_command(args: argparse.Namespace, session: Session) -> None:
             fixed=describe(fixed, args.fixed),
             moving=describe(moving, args.moving),
             steps=[list(st) for st in steps],
+            steps_in_effect=steps_in_effect(steps),
             step_reports=list(step_reports),
             affine=np.asarray(affine.matrix).tolist(),
             field=None if field is None else {"shape": list(field.grid.shape), "spacing": list(field.grid.spacing)},
@@ -75,6 +81,21 @@ def align_command(args: argparse.Namespace, session: Session) -> None:
         figures = {k: r[k] for k in ("inliers", "iterations", "metric_value") if k in r}
         session.say(f"  {r.get('step', '?'):<7s} {_fmt(figures)}")
     session.say(f"wrote {out}: {', '.join(written + ['report.json'])}")
+
+
+def steps_in_effect(steps: Any) -> list:
+    """Every step with every option it runs with, defaults included (for ``report.json``).
+
+    Examples
+    --------
+    >>> from lazyreg.cli.align_commands import steps_in_effect
+    >>> name, options = steps_in_effect("ransac,affine")[1]
+    >>> name, options["metric"]
+    ('affine', 'correlation')
+    """
+    from ..registration.steps import parse_steps
+
+    return [[call.name, call.in_effect()] for call in parse_steps(steps)]
 
 
 def _compute_alignment(lazy: Any) -> tuple[Any, Any, Any]:
@@ -184,11 +205,14 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
     """
     from ..io.transform_files import load_transform, save_field_zarr
     from ..progress import PeakMemory
-    from ..registration.piecewise import align_piecewise
+    from ..registration.piecewise import DEFAULT_STEPS, align_piecewise
 
-    steps = read_steps(args.steps)
+    steps = list(DEFAULT_STEPS) if args.steps is None else read_steps(args.steps)
     fixed = open_input(args.fixed, "fixed")
     moving = open_input(args.moving, "moving")
+    session.data_bytes = fixed.nbytes + moving.nbytes
+    if args.field_spacing is None:
+        args.field_spacing = tuple(FIELD_SPACING_VOXELS * s for s in grid_of(fixed, "fixed").spacing)
     static = load_transforms(args.static, "--static")
     out = prepare_folder(args.output, args.overwrite)
     check_not_input([out / n for n in PIECEWISE_OUTPUTS], input_paths(args.fixed, args.moving, *args.static), folder=out)
@@ -219,6 +243,7 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
             fixed=describe(fixed, args.fixed),
             moving=describe(moving, args.moving),
             steps=[list(s) for s in steps],
+            steps_in_effect=steps_in_effect(steps),
             static=list(args.static),
             field={"shape": list(field.grid.shape), "spacing": list(field.grid.spacing), "origin": list(field.grid.origin)},
             **_block_summary(blocks),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def apply_command(args: argparse.Namespace, session: Session) -> None:
 
     fixed = open_input(args.fixed, "fixed")
     moving = open_input(args.moving, "moving")
+    session.data_bytes = moving.nbytes + fixed.size * moving.dtype.itemsize  # read + written
     transforms = load_transforms(args.transform, "-t")
     out = prepare_file(args.output, args.overwrite)
     report_path = prepare_file(args.report, args.overwrite) if args.report else None
@@ -173,6 +175,7 @@ def invert_command(args: argparse.Namespace, session: Session) -> None:
     allowed = (".zarr",) + FIELD_IMAGE_SUFFIXES + (".h5", ".hdf5", ".tfm")
     if not any(name.endswith(s) for s in allowed):
         raise LazyregError(f"output: expected a field file name ending in one of {', '.join(allowed)}, got {out.name!r}")
+    session.data_bytes = 2 * 3 * 4 * math.prod(field.grid.shape)  # the field and its inverse, float32
     inverse = invert_field(field, tolerance=args.tolerance, max_iterations=args.max_iterations, max_displacement=args.max_displacement)
     with PeakMemory() as memory, dask_scheduler(session), output_guard(out):
         with session.progress.phase("inversion"):

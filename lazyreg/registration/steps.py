@@ -117,6 +117,21 @@ class StepCall:
         """The ``(name, options)`` pair it came from (for reports and files)."""
         return self.step.name, dict(self.options)
 
+    def in_effect(self) -> dict:
+        """Every option the step runs with: the user's, and the step's defaults for the rest.
+
+        Examples
+        --------
+        >>> from lazyreg.registration.steps import parse_steps
+        >>> opts = parse_steps([("random", {"candidates": 50})])[0].in_effect()
+        >>> opts["candidates"], opts["max_rotation"]
+        (50, 30.0)
+        """
+        params = inspect.signature(self.step.func).parameters
+        options = {k: params[k].default for k in self.step.options if params[k].default is not inspect.Parameter.empty}
+        options.update(self.options)
+        return options
+
 
 STEPS: dict[str, Step] = {}
 
