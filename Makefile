@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lazyreg demo
+	$(VENV)/bin/lazyreg demo -o lazyreg-demo-output --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=15

@@ -25,7 +25,7 @@ from .resample import apply_transform
 from .transforms.affine import Affine
 from .transforms.field import DisplacementField
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "opening_hints"]
 
 SHAPE = (64, 160, 160)
 SPACING = (2.0, 0.8, 0.8)
@@ -162,8 +162,8 @@ def _run(out: Path, overwrite: bool, say: Callable[[str], None], timings: dict) 
     say("    recovered affine vs true affine (fixed -> moving, zyx, physical):")
     for row_a, row_b in zip(np.asarray(affine), np.asarray(truth)):
         say("      " + "  ".join(f"{v:9.4f}" for v in row_a) + "   |" + "  ".join(f"{v:9.4f}" for v in row_b))
-    say(f"Outputs in {out}: fixed.ome.zarr, moving.ome.zarr, aligned.ome.zarr, field.ome.zarr (OME-Zarr 0.5), affine.txt;")
-    say("  open in napari with the napari-ome-zarr plugin, or in Fiji with File > Import > OME-Zarr / N5 viewer).")
+    for line in opening_hints(out):
+        say(line)
     say(f"Total {sum(timings.values()):.1f} s")
     return {
         "output": str(out),
@@ -176,6 +176,27 @@ def _run(out: Path, overwrite: bool, say: Callable[[str], None], timings: dict) 
         "blocks": {status: n for status, n in blocks["by_status"].items() if n},
         "block_gain": blocks["mean_gain"],
     }
+
+
+def opening_hints(out: Path) -> list[str]:
+    """How to open the demo's outputs: the lines the demo ends with.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from lazyreg.demo import opening_hints
+    >>> print(opening_hints(Path("demo"))[2])
+      python:  lazyreg.open_image("demo/aligned.ome.zarr"); lazyreg.load_transform("demo/field.ome.zarr")
+    """
+    return [
+        f"Outputs in {out}: fixed.ome.zarr, moving.ome.zarr, aligned.ome.zarr (OME-Zarr 0.5 images), "
+        "field.ome.zarr (displacement field), affine.txt (zyx 4x4 matrix). To look at them:",
+        f"  shell:   lazyreg info {out / 'aligned.ome.zarr'}",
+        f'  python:  lazyreg.open_image("{out / "aligned.ome.zarr"}"); lazyreg.load_transform("{out / "field.ome.zarr"}")',
+        f"  napari:  napari --plugin napari-ome-zarr {out / 'fixed.ome.zarr'} {out / 'aligned.ome.zarr'}",
+        "  Fiji:    File > Import > HDF5/N5/Zarr/OME-NGFF ... (or Plugins > BigDataViewer > HDF5/N5/Zarr/OME-NGFF "
+        "Viewer), with a Fiji whose N5 plugins read zarr v3",
+    ]
 
 
 def _field(values: np.ndarray, g: Grid) -> DisplacementField:

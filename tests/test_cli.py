@@ -477,12 +477,24 @@ def test_demo_runs_end_to_end_in_under_a_minute_of_cpu(tmp_path, capsys):
     before = float(line.split("before")[1].split(",")[0])
     after = float(line.split("after")[1].split("(")[0])
     assert before < 0.3 and after > 0.9
+    # it ends by saying how to open its outputs, and every path it names exists
+    hints = r.stdout[r.stdout.index("To look at them:"):]
+    named = re.findall(r"(/\S+?\.(?:ome\.zarr|txt))\b", hints)
+    assert len(named) >= 4 and all(Path(p).exists() for p in named), named
+    assert "lazyreg info" in hints and "napari" in hints and "File > Import > HDF5/N5/Zarr/OME-NGFF" in hints
     # a second run into the same folder is refused, and the outputs are untouched
     stamp = (out / "aligned.ome.zarr" / "zarr.json").stat().st_mtime_ns
     assert main(["demo", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert one_line(err) and "--overwrite" in err
     assert (out / "aligned.ome.zarr" / "zarr.json").stat().st_mtime_ns == stamp
+
+
+def test_make_demo_writes_where_gitignore_expects():
+    root = Path(__file__).resolve().parents[1]
+    recipe = (root / "Makefile").read_text().split("\ndemo:")[1].split("\n\n")[0]
+    folder = re.search(r"lazyreg demo -o (\S+)", recipe).group(1)
+    assert f"{folder}/" in (root / ".gitignore").read_text().split()
 
 
 def _has_yaml() -> bool:
