@@ -6,6 +6,7 @@ from .registration.itk import align_affine, align_deformable
 from .registration.piecewise import align_piecewise
 from .registration.search import random_affine_search
 from .registration.pipeline import align
+from .registration.series import align_series
 from .registration.steps import register_step
 from .errors import LazyregError, LazyregWarning
 from .images import Grid, grid, image, origin, spacing, validate_image
@@ -22,6 +23,7 @@ __all__ = [
     "align_affine",
     "align_deformable",
     "align_piecewise",
+    "align_series",
     "align_features",
     "Affine",
     "DisplacementField",

@@ -40,7 +40,7 @@ import dask
 
 from .errors import LazyregError
 
-__all__ = ["Ref", "Deferred", "cached_call", "cache_info", "clear_cache", "result_cache_bytes", "RESULT_CACHE_BYTES"]
+__all__ = ["Ref", "Deferred", "cached_call", "cache_info", "clear_cache", "result_cache_bytes", "RESULT_CACHE_BYTES", "compute_together"]
 
 #: Default of the most bytes of registration results kept per process.
 RESULT_CACHE_BYTES = 512 * 2**20
@@ -336,3 +336,26 @@ def clear_cache(client: Any = None) -> None:
         for name in client.list_datasets():
             if str(name).startswith(METADATA_KEY + ":"):
                 client.unpublish_dataset(name)
+
+
+def _values(*values: Any) -> tuple:
+    return values
+
+
+def compute_together(*objs: Any, **kwargs: Any) -> tuple:
+    """``dask.compute(*objs)`` in one graph (shared tasks run once), results in argument order.
+
+    Wrapped in one delayed call: with dask 2026.8, ``dask.compute(array, delayed, array)``
+    returns the results grouped by collection type, not in argument order. Keyword arguments go
+    to :func:`dask.compute`.
+
+    Examples
+    --------
+    >>> import dask, dask.array as da
+    >>> from lazyreg.result_cache import compute_together
+    >>> a, b = da.ones(2, chunks=1), dask.delayed(len)([1, 2, 3])
+    >>> x, y = compute_together(a, b)
+    >>> x.tolist(), y
+    ([1.0, 1.0], 3)
+    """
+    return dask.compute(dask.delayed(_values, pure=True)(*objs), **kwargs)[0]

@@ -509,7 +509,7 @@ def test_results_computed_together_keep_their_order():
     import dask
     import dask.array as da
 
-    from lazyreg.cli.session import compute_together
+    from lazyreg.result_cache import compute_together
 
     a, b, c = da.ones(2, chunks=1), dask.delayed(list)([1, 2]), da.zeros((1, 1), chunks=1)
     x, y, z = compute_together(a, b, c)

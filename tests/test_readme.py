@@ -57,5 +57,8 @@ def test_readme_snippets_run_as_written(tutorial_dir, tmp_path, monkeypatch, cap
     info = cache_info()
     assert info["align"]["computed"] == 1, info
     assert info["block"]["computed"] == len(field.report), info
+    # the series snippet reused the global alignment (align computed once, above) and reports per round
+    assert [(r["round"], r["step"]) for r in ns["rows"]] == [("round2", "ransac"), ("round2", "affine")]
+    assert ns["aligned2"].shape == ns["fixed"].shape
     # the custom-step snippet registered a step that runs in align
     assert np.asarray(ns["shift_x"](ns["fixed"], ns["moving"], initial=lazyreg.Affine.identity()).matrix)[2, 3] == 1.0

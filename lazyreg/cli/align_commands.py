@@ -13,7 +13,8 @@ from typing import Any
 from ..images import grid_of
 from .inputs import input_paths, load_transforms, open_input, read_steps
 from .outputs import check_not_input, describe, output_guard, pictures, prepare_folder, quality_pictures, write_json
-from .session import Session, compute_together, dask_scheduler
+from ..result_cache import compute_together
+from .session import Session, dask_scheduler
 
 __all__ = ["align_command", "piecewise_command", "steps_in_effect", "FIELD_SPACING_VOXELS"]
 

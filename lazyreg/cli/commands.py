@@ -15,7 +15,8 @@ from pathlib import Path
 from ..errors import LazyregError
 from .inputs import input_paths, load_transforms, open_input, split_path
 from .outputs import check_not_input, describe, jsonable, output_guard, prepare_file, prepare_folder, write_json
-from .session import Session, compute_together, dask_scheduler
+from ..result_cache import compute_together
+from .session import Session, dask_scheduler
 
 __all__ = ["info_command", "apply_command", "invert_command", "demo_command"]
 

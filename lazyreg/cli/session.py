@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from ..errors import LazyregError
 from .parser import lazyreg_version
 
-__all__ = ["Session", "AUTO_THREADS_BYTES", "auto_scheduler", "check_dask_args", "dask_scheduler", "compute_together", "versions", "has_module", "show_warning"]
+__all__ = ["Session", "AUTO_THREADS_BYTES", "auto_scheduler", "check_dask_args", "dask_scheduler", "versions", "has_module", "show_warning"]
 
 
 class Session:
@@ -323,30 +323,6 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def _values(*values: Any) -> tuple:
-    return values
-
-
-def compute_together(*objs: Any) -> tuple:
-    """``dask.compute(*objs)`` in one graph (shared tasks run once), results in argument order.
-
-    Wrapped in one delayed call: with dask 2026.8, ``dask.compute(array, delayed, array)``
-    returns the results grouped by collection type, not in argument order.
-
-    Examples
-    --------
-    >>> import dask, dask.array as da
-    >>> from lazyreg.cli.session import compute_together
-    >>> a, b = da.ones(2, chunks=1), dask.delayed(len)([1, 2, 3])
-    >>> x, y = compute_together(a, b)
-    >>> x.tolist(), y
-    ([1.0, 1.0], 3)
-    """
-    import dask
-
-    return dask.compute(dask.delayed(_values, pure=True)(*objs))[0]
 
 
 def registration_counts(client: Any = None) -> dict:
