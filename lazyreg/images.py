@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import LazyregError
-from .validation import check_spacing, check_triple
+from .validation import SPACING_RANGE, check_origin, check_spacing
 
 __all__ = ["DIMS", "Grid", "image", "grid", "spacing", "origin", "validate_image", "grid_of", "check_mask"]
 
@@ -40,7 +40,7 @@ class Grid:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "spacing", check_spacing(self.spacing))
-        object.__setattr__(self, "origin", check_triple(self.origin, "origin", "origin"))
+        object.__setattr__(self, "origin", check_origin(self.origin, self.spacing))
 
     def coords(self) -> dict[str, np.ndarray]:
         """Voxel-centre coordinates for each dim."""
@@ -110,7 +110,8 @@ def image(
     if not isinstance(data, da.Array):
         data = np.asarray(data)
     _check_array(data, "data")
-    g = Grid(data.shape, check_spacing(spacing), check_triple(origin, "origin", "origin"))
+    sp = check_spacing(spacing)
+    g = Grid(data.shape, sp, check_origin(origin, sp))
     img = xr.DataArray(data, dims=DIMS, coords=g.coords(), attrs={_SPACING_ATTR: g.spacing, "units": units})
     img.name = name  # xarray would otherwise take a dask array's key as the name
     return img
@@ -154,6 +155,16 @@ def _check_array(data: Any, argname: str) -> None:
 
 
 def _axis_spacing(img: xr.DataArray, i: int, d: str, argname: str) -> float:
+    sp = _raw_axis_spacing(img, i, d, argname)
+    if not SPACING_RANGE[0] <= sp <= SPACING_RANGE[1]:
+        raise LazyregError(
+            f"{argname}: voxel spacing {sp:g} along '{d}' is outside [{SPACING_RANGE[0]:g}, {SPACING_RANGE[1]:g}], "
+            "which SimpleITK and float64 coordinates cannot handle; give coordinates in a unit that makes it nearer 1"
+        )
+    return sp
+
+
+def _raw_axis_spacing(img: xr.DataArray, i: int, d: str, argname: str) -> float:
     c = np.asarray(img.coords[d].values, dtype=float)
     if c.size >= 2:
         steps = np.diff(c)
@@ -204,7 +215,13 @@ def validate_image(img: Any, argname: str = "image") -> xr.DataArray:
             f"got {type(img).__name__}"
         )
     if img.ndim != 3:
-        raise LazyregError(f"{argname}: expected 3 dims ('z', 'y', 'x'), got {img.ndim}: {img.dims}")
+        extra = [d for d in img.dims if d not in DIMS]
+        hint = ""
+        if img.ndim > 3 and tuple(img.dims[-3:]) == DIMS:
+            pick = ", ".join(f"{d}={img[d].values[0].item()!r}" if d in img.coords else f"{d}=0" for d in extra)
+            how = "sel" if all(d in img.coords for d in extra) else "isel"
+            hint = f"; this takes one 3D image: select one {'/'.join(extra)}, e.g. {argname}.{how}({pick})"
+        raise LazyregError(f"{argname}: expected 3 dims ('z', 'y', 'x'), got {img.ndim}: {img.dims}{hint}")
     if tuple(img.dims) != DIMS:
         if set(img.dims) == set(DIMS):
             raise LazyregError(

@@ -10,8 +10,10 @@ How a task finds the moving voxels it needs is explained in ``docs/design.md``. 
 * If every transform is concrete, the moving box is known while building the graph. A task reads
   that box (plus the margin of the interpolator) itself from the moving image's store when the
   image is store-backed (:func:`lazyreg.io.source.find_source`), so no moving chunk is a graph
-  task (a distributed worker cannot read chunks ahead and hold them); otherwise it depends on
-  exactly the moving chunks that intersect the box.
+  task (a distributed worker cannot read chunks ahead and hold them). Another dask image is read
+  the same way through :class:`lazyreg.moving_regions.GraphSource` (the task computes the moving
+  blocks its box intersects); an in-memory one (or a graph holding its data) gives each task
+  exactly the moving chunks that intersect the box as dependencies.
 * If a transform is lazy, the box is known only inside the task. The task then receives the small
   transform values as dependencies and reads its moving box itself from the image's store
   (:func:`lazyreg.io.source.find_source`), or, for a lazy field, the box is bounded by a stated
@@ -39,7 +41,11 @@ from .errors import LazyregError, LazyregWarning
 from .images import Grid, grid_of, validate_image
 from .io.source import ChunkCache, chunk_cache_bytes, find_source, read_region
 from .interpolation import cast_to, resample_array
+from .moving_regions import graph_source
 from .regions import ChunkRefs, affine_box, chunk_grids, field_box, index_region, sub_grid
+from .resample_checks import (
+    check_fill_value, check_moving_values, check_output_chunks, check_region_bytes, max_region_bytes, warn_singular_affines,
+)
 from .transforms.affine import Affine
 from .transforms.field import DisplacementField
 from .transforms.points import normalize_transforms
@@ -86,6 +92,7 @@ class _Plan:
     region: tuple | None = None  # moving index region, when known at build time
     moving_refs: ChunkRefs | None = None
     source: tuple | None = None  # (start, step): the task receives the Source and reads its region
+    max_region_bytes: int | None = None  # bound of a region found in the task (lazy transforms)
 
 
 # --------------------------------------------------------------------------- the task
@@ -137,6 +144,8 @@ def _resample_chunk(plan: _Plan, moving: Any, *dep_blocks: list) -> np.ndarray:
         region = index_region(plan.moving, _box_through(steps, plan, box), MARGIN[plan.order])
         if region is None:
             return np.full(plan.out.shape, plan.fill_value, dtype=plan.dtype)
+        if plan.max_region_bytes is not None and plan.source is not None:
+            check_region_bytes(region, plan.dtype.itemsize, plan.out, plan.max_region_bytes)
     elif any(st.max_displacement is not None for st in plan.steps):
         _box_through(steps, plan, box)  # check the stated bounds
     if plan.source is not None:
@@ -145,6 +154,7 @@ def _resample_chunk(plan: _Plan, moving: Any, *dep_blocks: list) -> np.ndarray:
         values = plan.moving_refs.assemble(moving)[region]
     else:
         values = plan.moving_refs.assemble(moving)
+    check_moving_values(values, plan.order, region)
     return resample_array(values, sub_grid(plan.moving, region), plan.out, steps, order=plan.order,
                           fill_value=plan.fill_value, dtype=plan.dtype, threads=plan.threads)
 
@@ -255,6 +265,19 @@ def _check_max_displacement(value: Any) -> np.ndarray | None:
     return md
 
 
+SPATIAL_DIMS = ("z", "y", "x")
+
+
+def _per_channel(fixed: xr.DataArray, moving: xr.DataArray, transforms: Any, options: dict) -> xr.DataArray:
+    """``moving`` with leading non-spatial dims (channel, time, ...): each 3D image resampled
+    through the same transforms (their tasks read only that image), stacked back, lazily."""
+    lead = moving.dims[0]
+    parts = [apply_transform(fixed, moving.isel({lead: i}), transforms, **options) for i in range(moving.sizes[lead])]
+    if lead in moving.coords:
+        return xr.concat(parts, dim=moving[lead], coords="minimal", compat="override", combine_attrs="override")
+    return xr.concat(parts, dim=lead, coords="minimal", compat="override", combine_attrs="override")
+
+
 def apply_transform(
     fixed: xr.DataArray,
     moving: xr.DataArray,
@@ -278,7 +301,10 @@ def apply_transform(
         Defines the output grid (shape, spacing, origin); its data are never read. Use
         :func:`lazyreg.grid` for a grid without data.
     moving : xarray.DataArray
-        The image to resample, lazy or in memory, on its own grid.
+        The image to resample, lazy or in memory, on its own grid. Dims ``(z, y, x)``, or with
+        leading non-spatial dims (e.g. ``(c, z, y, x)``, ``(t, c, z, y, x)``): every channel /
+        time point is resampled through the same transforms (one task per output chunk per
+        channel, each reading only its channel), non-spatial coordinates kept.
     transforms : Affine, DisplacementField or sequence of them
         Concrete or lazy (dask-backed) transforms; empty means identity.
     order : {0, 1, 3}
@@ -321,24 +347,28 @@ def apply_transform(
     (100.0, 100.0)
     """
     validate_image(fixed, "fixed")
+    options = dict(order=order, fill_value=fill_value, chunks=chunks, max_displacement=max_displacement)
+    if isinstance(moving, xr.DataArray) and moving.ndim > 3 and tuple(moving.dims[-3:]) == SPATIAL_DIMS:
+        return _per_channel(fixed, moving, transforms, options)
     validate_image(moving, "moving")
     order = _check_order(order)
     transforms = normalize_transforms(transforms, "transforms")
-    try:
-        fill = float(fill_value)
-    except (TypeError, ValueError):
-        raise LazyregError(f"fill_value: expected a number, got {fill_value!r}") from None
     g_out = grid_of(fixed, "fixed")
     g_mov = grid_of(moving, "moving")
     dtype = np.dtype(moving.dtype)
+    fill = check_fill_value(fill_value, dtype)
     fill_cast = cast_to(np.array([fill]), dtype)[0]
     out_chunks = _default_chunks(g_out, moving, dtype, chunks)
+    out_chunks = check_output_chunks(out_chunks, dtype, chunks)
+    warn_singular_affines(transforms)
+    region_bound = max_region_bytes() if isinstance(moving.data, da.Array) else None  # numpy: in memory already
     prepared = _prepare(transforms, _check_max_displacement(max_displacement))
 
     mov_arr = moving.data
     if not isinstance(mov_arr, da.Array):
         mov_arr = da.from_array(np.asarray(mov_arr), chunks="auto", name="lazyreg-moving-" + tokenize(np.asarray(mov_arr)))
     source = find_source(moving)
+    in_task = source or graph_source(moving)  # a dask graph without a store: blocks computed where read
 
     nchunks = int(np.prod([len(c) for c in out_chunks]))
     threads = _threads_per_task(nchunks)
@@ -349,15 +379,15 @@ def apply_transform(
     deps: list[da.Array] = [p.array for p in prepared if p.array is not None]
     whole_moving: ChunkRefs | None = None
     src_key = None
-    if source is not None:  # one reader per process, shared by the tasks that read regions (see ChunkCache)
+    if in_task is not None:  # one reader per process, shared by the tasks that read regions (see ChunkCache)
         cache_bytes = chunk_cache_bytes()
-        src_key = "lazyreg-source-" + tokenize(source[0].token(), source[1], source[2], cache_bytes)
-        dsk[src_key] = (ChunkCache, source[0], cache_bytes)
+        src_key = "lazyreg-source-" + tokenize(in_task[0].token(), in_task[1], in_task[2], cache_bytes)
+        dsk[src_key] = (ChunkCache, in_task[0], cache_bytes)
     else:
         deps.append(mov_arr)
     for idx, g_chunk in chunk_grids(g_out, out_chunks):
         steps, refs, box = _plan_steps(prepared, g_chunk.extent)
-        plan = _Plan(g_chunk, g_mov, steps, order, fill_cast, dtype, threads)
+        plan = _Plan(g_chunk, g_mov, steps, order, fill_cast, dtype, threads, max_region_bytes=region_bound)
         key = (name, *idx)
         dep_keys = [r.keys for r in refs]
         if box is not None:
@@ -366,8 +396,10 @@ def apply_transform(
                 dsk[key] = (np.full, g_chunk.shape, fill_cast, dtype)  # the chunk maps outside moving
                 continue
             plan.region = region
-        if source is not None:  # the task reads its region from the store (known now or in the task)
-            plan.source = (source[1], source[2])
+            if region_bound is not None:
+                check_region_bytes(region, dtype.itemsize, g_chunk, region_bound)
+        if source is not None or (in_task is not None and box is not None):  # the task reads its region itself
+            plan.source = (in_task[1], in_task[2])
             dsk[key] = (_resample_chunk, plan, src_key, *dep_keys)
         elif box is not None:
             plan.moving_refs = ChunkRefs.of(mov_arr, region)
@@ -378,10 +410,13 @@ def apply_transform(
                 deps.append(whole_arr)
             plan.moving_refs = whole_moving
             dsk[key] = (_resample_chunk, plan, whole_moving.keys, *dep_keys)
+    if src_key is not None and not any(isinstance(t[2], str) and t[2] == src_key for t in dsk.values() if len(t) > 2):
+        del dsk[src_key]  # no task reads a region (all map outside moving, or need it whole)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
     arr = da.Array(graph, name, chunks=out_chunks, meta=np.empty((0, 0, 0), dtype=dtype))
     out = xr.DataArray(arr, dims=fixed.dims, coords={d: fixed.coords[d].values for d in fixed.dims}, name=moving.name)
-    out.attrs.update({"spacing": g_out.spacing, "units": moving.attrs.get("units", fixed.attrs.get("units", "micrometer"))})
+    # the moving image's attrs and name are kept (channel, acquisition metadata ...); the grid is the fixed one
+    out.attrs.update({**moving.attrs, "spacing": g_out.spacing, "units": moving.attrs.get("units", fixed.attrs.get("units", "micrometer"))})
     return out
 
 

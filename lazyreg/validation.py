@@ -15,6 +15,16 @@ import numpy as np
 
 from .errors import LazyregError
 
+#: Voxel spacings outside this range are refused: SimpleITK inverts the product of the three
+#: spacings (1e-300 gives "Singular matrix. Determinant is 0."), and physical coordinates must
+#: stay finite.
+SPACING_RANGE = (1e-100, 1e100)
+#: An origin farther than this many voxels from 0 cannot resolve the spacing in float64
+#: coordinates (``origin + index * spacing`` would repeat or be unevenly spaced).
+MAX_ORIGIN_VOXELS = 2.0**32
+#: An affine whose linear part has a condition number above this is treated as singular.
+MAX_CONDITION = 1e12
+
 __all__ = [
     "suggest",
     "check_choice",
@@ -23,6 +33,8 @@ __all__ = [
     "check_seed",
     "check_triple",
     "check_spacing",
+    "check_origin",
+    "affine_condition",
     "check_positive_ints",
     "check_points",
 ]
@@ -175,7 +187,59 @@ def check_spacing(value: Any, argname: str = "spacing") -> tuple[float, float, f
     sp = check_triple(value, argname, "voxel spacing")
     if min(sp) <= 0:
         raise LazyregError(f"{argname}: voxel spacing must be positive, got {sp}")
+    lo, hi = SPACING_RANGE
+    if min(sp) < lo or max(sp) > hi:
+        raise LazyregError(
+            f"{argname}: voxel spacing {sp} is outside [{lo:g}, {hi:g}], which SimpleITK and float64 "
+            "coordinates cannot handle; give the spacing in a unit that makes it nearer 1 (e.g. micrometres)"
+        )
     return sp
+
+
+def check_origin(value: Any, spacing: Sequence[float], argname: str = "origin") -> tuple[float, float, float]:
+    """An origin (z, y, x) whose coordinates ``origin + index * spacing`` resolve the spacing.
+
+    An origin more than :data:`MAX_ORIGIN_VOXELS` voxels from 0 is refused: float64 coordinates
+    that far out are not evenly spaced (or repeat).
+
+    Examples
+    --------
+    >>> check_origin((0, 5, 1e6), (1.0, 1.0, 1.0))
+    (0.0, 5.0, 1000000.0)
+    >>> check_origin((0, 0, 1e30), (1.0, 1.0, 1.0))
+    Traceback (most recent call last):
+    ...
+    lazyreg.errors.LazyregError: origin: (0.0, 0.0, 1e+30) is 1e+30 voxels from 0 along x, more than 2^32: float64 coordinates that far out cannot resolve the voxel spacing (1.0, 1.0, 1.0); move the origin nearer 0
+    """
+    org = check_triple(value, argname, "origin")
+    voxels = [abs(o) / s for o, s in zip(org, spacing)]
+    worst = int(np.argmax(voxels))
+    if voxels[worst] > MAX_ORIGIN_VOXELS:
+        raise LazyregError(
+            f"{argname}: {org} is {voxels[worst]:.3g} voxels from 0 along {'zyx'[worst]}, more than 2^32: float64 "
+            f"coordinates that far out cannot resolve the voxel spacing {tuple(spacing)}; move the origin nearer 0"
+        )
+    return org
+
+
+def affine_condition(matrix: Any) -> float:
+    """Condition number of the linear (3, 3) part of a (4, 4) affine matrix (inf if singular or not finite).
+
+    Above :data:`MAX_CONDITION` the affine is treated as singular: it collapses some direction,
+    so it has no inverse and an image resampled through it is constant along that direction.
+
+    Examples
+    --------
+    >>> affine_condition(np.diag([2.0, 1.0, 1.0, 1.0]))
+    2.0
+    >>> affine_condition(np.diag([0.0, 1.0, 1.0, 1.0]))
+    inf
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if not np.all(np.isfinite(m)):
+        return math.inf
+    cond = float(np.linalg.cond(m[:3, :3]))
+    return cond if math.isfinite(cond) else math.inf
 
 
 def check_positive_ints(value: Any, argname: str) -> tuple[int, ...]:

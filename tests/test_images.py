@@ -186,3 +186,11 @@ def test_validate_names_argument_and_problem():
     strings = xr.DataArray(np.full((2, 2, 2), "s"), dims=("z", "y", "x"), coords=_img((2, 2, 2)).coords)
     with pytest.raises(LazyregError, match=r"^moving: expected a real numeric dtype"):
         lazyreg.validate_image(strings, "moving")
+
+
+@pytest.mark.parametrize("entry", ["align", "align_piecewise"])
+def test_registration_of_a_multichannel_image_names_the_dims_and_how_to_select_one(entry):
+    fixed = lazyreg.image(np.zeros((8, 8, 8)), 1.0)
+    moving = xr.DataArray(np.zeros((2, 8, 8, 8)), dims=("c", "z", "y", "x"), coords={"c": ["dapi", "gfp"], **fixed.coords})
+    with pytest.raises(LazyregError, match=r"moving: expected 3 dims .* \('c', 'z', 'y', 'x'\); .*select one c, e\.g\. moving\.sel\(c='dapi'\)"):
+        getattr(lazyreg, entry)(fixed, moving, "affine")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dask
 import dask.array as da
 import numpy as np
+import xarray as xr
 import pytest
 import SimpleITK as sitk
 
@@ -408,3 +409,39 @@ def test_chunk_cache_size_from_dask_config():
     for bad in ("lots", -1):
         with dask.config.set({"lazyreg.chunk-cache-bytes": bad}), pytest.raises(lazyreg.LazyregError, match="chunk-cache-bytes"):
             apply_transform(moving, moving, [A])
+
+
+def test_the_moving_images_name_and_attrs_are_kept_on_the_fixed_grid():
+    fixed = lazyreg.image(np.zeros((4, 6, 8)), spacing=(2.0, 1.0, 1.0), origin=(1.0, 0.0, 0.0))
+    moving = lazyreg.image(np.ones((5, 5, 5), np.uint16), spacing=1.5).rename("dapi")
+    moving.attrs.update({"channel": "DAPI", "round": 3, "spacing": (1.5, 1.5, 1.5)})
+    out = lazyreg.apply_transform(fixed, moving, [])
+    assert out.name == "dapi"
+    assert out.attrs["channel"] == "DAPI" and out.attrs["round"] == 3
+    assert out.attrs["spacing"] == (2.0, 1.0, 1.0)  # the grid's own attrs are the fixed grid's
+
+
+def test_channels_and_time_points_are_resampled_each_through_the_same_transforms():
+    rng = np.random.default_rng(0)
+    values = rng.random((2, 3, 8, 10, 12)).astype(np.float32)  # t, c, z, y, x
+    coords = {"t": [0.0, 30.0], "c": ["dapi", "gfp", "rfp"]}
+    spatial = lazyreg.image(values[0, 0], spacing=(2.0, 1.0, 1.0), origin=(1.0, 0.0, 0.0))
+    moving = xr.DataArray(values, dims=("t", "c", "z", "y", "x"), coords={**coords, **spatial.coords}, attrs=dict(spatial.attrs), name="stack")
+    moving = moving.chunk({"t": 1, "c": 1, "z": 4, "y": 5, "x": 6})
+    fixed = lazyreg.image(np.zeros((6, 9, 11)), spacing=(2.0, 1.0, 1.0), origin=(2.0, 0.5, 0.5))
+    A = [lazyreg.Affine.from_parameters(rotation=(0.0, 0.0, 5.0), translation=(0.5, -0.3, 0.2))]
+    with count_tasks() as built:
+        out = lazyreg.apply_transform(fixed, moving, A)
+    assert built.n == 0
+    assert out.dims == ("t", "c", "z", "y", "x") and out.shape == (2, 3, 6, 9, 11) and out.name == "stack"
+    assert list(out.c.values) == coords["c"] and list(out.t.values) == coords["t"]
+    for t in range(2):
+        for c in range(3):
+            one = lazyreg.image(values[t, c], spacing=(2.0, 1.0, 1.0), origin=(1.0, 0.0, 0.0))
+            np.testing.assert_array_equal(out[t, c].values, lazyreg.apply_transform(fixed, one, A).values)
+    # one channel of one time point runs about a sixth of the tasks of the whole stack
+    with count_tasks() as whole:
+        out.values
+    with count_tasks() as one:
+        out.sel(c="gfp", t=30.0).values
+    assert 0 < one.n <= whole.n / 5

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..images import grid_of
-from .inputs import input_paths, load_transforms, open_input, read_steps
+from .inputs import image_spacing, input_paths, load_transforms, open_input, read_steps
 from .outputs import check_not_input, describe, output_guard, pictures, prepare_folder, quality_pictures, write_json
 from ..result_cache import compute_together
 from .session import Session, dask_scheduler
@@ -40,19 +40,20 @@ def align_command(args: argparse.Namespace, session: Session) -> None:
     """
     import numpy as np
 
+    from ..io.omezarr import output_format
     from ..io.transform_files import save_affine, save_transform
     from ..progress import PeakMemory
     from ..registration.pipeline import align
 
     steps = read_steps(args.steps)
-    fixed = open_input(args.fixed, "fixed")
-    moving = open_input(args.moving, "moving")
+    fixed = open_input(args.fixed, "fixed", spacing=image_spacing(args, "fixed"))
+    moving = open_input(args.moving, "moving", spacing=image_spacing(args, "moving"))
     session.data_bytes = fixed.nbytes + moving.nbytes
     out = prepare_folder(args.output, args.overwrite)
     check_not_input([out / n for n in ALIGN_OUTPUTS], input_paths(args.fixed, args.moving), folder=out)
     lazy = align(fixed, moving, steps, seed=args.seed)  # validates everything before any compute
 
-    with PeakMemory() as memory, dask_scheduler(session), output_guard(out, folder=True):
+    with PeakMemory() as memory, dask_scheduler(session), output_guard(out, folder=True), output_format(args.ome_zarr_version):
         with session.progress.phase("global alignment"):
             affine, field, step_reports = _compute_alignment(lazy)
         align_seconds = session.progress.phases["global alignment"]["seconds"]
@@ -204,13 +205,14 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
     >>> args.static, args.blocksize, args.overlap
     (['affine.txt'], (64, 128, 128), 0.5)
     """
+    from ..io.omezarr import output_format
     from ..io.transform_files import load_transform, save_field_zarr
     from ..progress import PeakMemory
     from ..registration.piecewise import DEFAULT_STEPS, align_piecewise
 
     steps = list(DEFAULT_STEPS) if args.steps is None else read_steps(args.steps)
-    fixed = open_input(args.fixed, "fixed")
-    moving = open_input(args.moving, "moving")
+    fixed = open_input(args.fixed, "fixed", spacing=image_spacing(args, "fixed"))
+    moving = open_input(args.moving, "moving", spacing=image_spacing(args, "moving"))
     session.data_bytes = fixed.nbytes + moving.nbytes
     if args.field_spacing is None:
         args.field_spacing = tuple(FIELD_SPACING_VOXELS * s for s in grid_of(fixed, "fixed").spacing)
@@ -230,7 +232,7 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
         seed=args.seed,
     )
 
-    with PeakMemory() as memory, dask_scheduler(session), output_guard(out, folder=True):
+    with PeakMemory() as memory, dask_scheduler(session), output_guard(out, folder=True), output_format(args.ome_zarr_version):
         with session.progress.phase("piecewise alignment"):
             store = save_field_zarr(lazy, out / "field.ome.zarr", overwrite=True, compute=False)
             _, blocks = compute_together(store, lazy.report)

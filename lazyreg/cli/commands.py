@@ -11,20 +11,26 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from ..errors import LazyregError
-from .inputs import input_paths, load_transforms, open_input, split_path
+from .inputs import image_spacing, input_paths, load_transforms, open_input, split_path
 from .outputs import check_not_input, describe, jsonable, output_guard, prepare_file, prepare_folder, write_json
 from ..result_cache import compute_together
 from .session import Session, dask_scheduler
 
 __all__ = ["info_command", "apply_command", "invert_command", "demo_command"]
 
+_MAX_LISTED = 1000  # missing chunk files printed by ``info --check`` (``--json`` gives all)
+
 
 def info_command(args: argparse.Namespace) -> None:
     """``lazyreg info``: print an image's dims, shape, dtype, spacing, origin, chunks and size on disk.
 
-    No voxel is read; ``--json`` prints the description as JSON.
+    No voxel is read; ``--json`` prints the description as JSON. For zarr and N5 stores it counts
+    the chunk files on disk against the chunk grid; ``--check`` lists the missing ones by name and
+    fails (exit code 2) when a store written by lazyreg misses any
+    (:mod:`lazyreg.io.chunk_files`).
 
     Examples
     --------
@@ -40,8 +46,12 @@ def info_command(args: argparse.Namespace) -> None:
     >>> description["dims"], description["shape"], description["dtype"], description["spacing"]
     (['z', 'y', 'x'], [4, 6, 8], 'uint16', [1.0, 1.0, 1.0])
     """
+    import dask
+
     path, group = split_path(args.path, args.group)
-    img = open_input(args.path, "path", args.group)
+    check = bool(getattr(args, "check", False))
+    with dask.config.set({"lazyreg.verify-chunks": not check}):  # --check lists every missing file itself
+        img = open_input(args.path, "path", args.group, spacing=image_spacing(args, "path"))
     desc = describe(img, path)
     desc["group"] = group
     desc["dims"] = list(img.dims)
@@ -52,8 +62,12 @@ def info_command(args: argparse.Namespace) -> None:
     nbytes, nfiles = _disk_usage(where)
     desc["size_on_disk_bytes"] = nbytes
     desc["files"] = nfiles
+    counted = _chunk_files(img, check)
+    if counted is not None:
+        desc["chunk_files"] = counted
     if args.json:
         print(json.dumps(desc, indent=2, default=jsonable))
+        _fail_if_missing(counted, path)
         return
     units = desc["units"] or ""
     print(f"path     {path}" + (f" (group {group})" if group else ""))
@@ -64,6 +78,47 @@ def info_command(args: argparse.Namespace) -> None:
     print(f"origin   {tuple(desc['origin'])} {units}".rstrip())
     print(f"chunks   {tuple(desc['chunks'])}")
     print(f"size     {_size(img.nbytes)} uncompressed; {_size(nbytes)} on disk in {nfiles} file{'s' if nfiles != 1 else ''} ({where})")
+    if counted is not None:
+        _print_chunk_files(counted)
+        _fail_if_missing(counted, path)
+
+
+def _chunk_files(img: Any, names: bool) -> dict | None:
+    """Chunk files of the zarr array / N5 dataset behind ``img`` (None for TIFF or a derived image)."""
+    from ..io.chunk_files import chunk_files
+    from ..io.source import find_source
+
+    found = find_source(img)
+    folder = getattr(found[0], "path", None) if found else None
+    if folder is None or not Path(folder).is_dir():
+        return None
+    c = chunk_files(folder, names=names)
+    out = {"folder": str(folder), "expected": c.expected, "present": c.present, "written_whole_by_lazyreg": c.recorded}
+    if names:
+        out["missing"] = c.missing
+    return out
+
+
+def _print_chunk_files(c: dict) -> None:
+    absent = c["expected"] - c["present"]
+    if c["written_whole_by_lazyreg"]:
+        note = "every chunk written by lazyreg" if absent <= 0 else f"{absent} MISSING (lazyreg wrote every chunk)"
+    else:
+        note = "complete" if absent <= 0 else f"{absent} absent: read as the fill value (the writer may have skipped empty chunks)"
+    print(f"on disk  {min(c['present'], c['expected'])} of {c['expected']} chunk files: {note}")
+    missing = c.get("missing") or []
+    for key in missing[:_MAX_LISTED]:
+        print(f"  {'missing' if c['written_whole_by_lazyreg'] else 'absent '}  {Path(c['folder']) / key}")
+    if len(missing) > _MAX_LISTED:
+        print(f"  ... and {len(missing) - _MAX_LISTED} more (--json lists them all)")
+
+
+def _fail_if_missing(c: dict | None, path: str) -> None:
+    if c is not None and c["written_whole_by_lazyreg"] and c.get("missing"):
+        raise LazyregError(
+            f"path: {path} is missing {len(c['missing'])} of its {c['expected']} chunk files (listed above); "
+            "they would read as zeros: write the image again"
+        )
 
 
 def _disk_usage(path: Path) -> tuple[int, int]:
@@ -108,19 +163,19 @@ def apply_command(args: argparse.Namespace, session: Session) -> None:
     ...     np.array_equal(lazyreg.open_image(d + "/out.ome.zarr").values, img.values)
     True
     """
-    from ..io.omezarr import to_zarr
+    from ..io.omezarr import output_format, to_zarr
     from ..progress import PeakMemory
     from ..resample import apply_transform
 
-    fixed = open_input(args.fixed, "fixed")
-    moving = open_input(args.moving, "moving")
+    fixed = open_input(args.fixed, "fixed", spacing=image_spacing(args, "fixed"))
+    moving = open_input(args.moving, "moving", spacing=image_spacing(args, "moving"))
     session.data_bytes = moving.nbytes + fixed.size * moving.dtype.itemsize  # read + written
     transforms = load_transforms(args.transform, "-t")
     out = prepare_file(args.output, args.overwrite)
     report_path = prepare_file(args.report, args.overwrite) if args.report else None
     check_not_input([out], input_paths(args.fixed, args.moving, *args.transform))
     aligned = apply_transform(fixed, moving, transforms, order=args.order, fill_value=args.fill_value)
-    with PeakMemory() as memory, dask_scheduler(session), output_guard(out):
+    with PeakMemory() as memory, dask_scheduler(session), output_guard(out), output_format(args.ome_zarr_version):
         with session.progress.phase("resampling"):
             to_zarr(aligned, out, overwrite=True if (args.overwrite or out.exists()) else False)
         if report_path is not None:
@@ -158,6 +213,7 @@ def invert_command(args: argparse.Namespace, session: Session) -> None:
     >>> inverse.grid.shape, float(inverse.data[1, 1, 1, 0])
     ((4, 4, 4), -0.5)
     """
+    from ..io.omezarr import output_format
     from ..io.transform_files import FIELD_IMAGE_SUFFIXES, save_field_zarr, save_transform
     from ..progress import PeakMemory
     from ..transforms.field import DisplacementField
@@ -178,7 +234,7 @@ def invert_command(args: argparse.Namespace, session: Session) -> None:
         raise LazyregError(f"output: expected a field file name ending in one of {', '.join(allowed)}, got {out.name!r}")
     session.data_bytes = 2 * 3 * 4 * math.prod(field.grid.shape)  # the field and its inverse, float32
     inverse = invert_field(field, tolerance=args.tolerance, max_iterations=args.max_iterations, max_displacement=args.max_displacement)
-    with PeakMemory() as memory, dask_scheduler(session), output_guard(out):
+    with PeakMemory() as memory, dask_scheduler(session), output_guard(out), output_format(args.ome_zarr_version):
         with session.progress.phase("inversion"):
             if to_zarr and inverse.is_lazy:
                 store = save_field_zarr(inverse, out, overwrite=True if (args.overwrite or out.exists()) else False, compute=False)

@@ -14,6 +14,7 @@ from ..errors import LazyregError
 from .align_commands import align_command, piecewise_command
 from .commands import apply_command, demo_command, info_command, invert_command
 from .parser import ArgumentError, build_parser
+from .series_command import series_command
 from .session import Session, check_dask_args, show_warning
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]
@@ -23,6 +24,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 COMMANDS = {
     "align": align_command,
     "align-piecewise": piecewise_command,
+    "align-series": series_command,
     "apply": apply_command,
     "invert": invert_command,
     "demo": demo_command,

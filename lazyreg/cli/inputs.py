@@ -12,7 +12,28 @@ from typing import Any, Sequence
 
 from ..errors import LazyregError
 
-__all__ = ["split_path", "open_input", "read_steps", "load_transforms", "input_paths"]
+__all__ = ["split_path", "image_spacing", "open_input", "read_steps", "load_transforms", "input_paths"]
+
+#: The flag that sets the spacing of each image argument (``--spacing`` sets both images' too).
+SPACING_FLAGS = {"fixed": "--fixed-spacing", "moving": "--moving-spacing", "path": "--spacing"}
+
+
+def image_spacing(args: Any, what: str) -> Any:
+    """The spacing given on the command line for the image argument ``what``, or None.
+
+    ``fixed`` takes ``--fixed-spacing``, ``moving`` ``--moving-spacing``, each else ``--spacing``;
+    ``path`` (``info``) takes ``--spacing``.
+
+    Examples
+    --------
+    >>> import argparse
+    >>> from lazyreg.cli.inputs import image_spacing
+    >>> args = argparse.Namespace(spacing=2.0, moving_spacing=None, fixed_spacing=(3.0, 1.0, 1.0))
+    >>> image_spacing(args, "fixed"), image_spacing(args, "moving")
+    ((3.0, 1.0, 1.0), 2.0)
+    """
+    own = getattr(args, f"{what}_spacing", None)
+    return getattr(args, "spacing", None) if own is None else own
 
 
 def split_path(spec: str, group: str | None = None) -> tuple[str, str | None]:
@@ -35,8 +56,11 @@ def split_path(spec: str, group: str | None = None) -> tuple[str, str | None]:
     return spec, group
 
 
-def open_input(spec: str, what: str = "path", group: str | None = None) -> Any:
+def open_input(spec: str, what: str = "path", group: str | None = None, spacing: Any = None) -> Any:
     """Open an image given as PATH[:GROUP]; a missing path is a one-line error naming ``what``.
+
+    ``spacing`` (see :func:`image_spacing`) overrides the file's; an image without spacing
+    metadata is an error that names the flag to pass (``--spacing``, ``--fixed-spacing`` ...).
 
     Examples
     --------
@@ -57,13 +81,18 @@ def open_input(spec: str, what: str = "path", group: str | None = None) -> Any:
     if not Path(path).expanduser().exists():
         head = spec.rpartition(":")[0] if (":" in spec and group is None and spec.rpartition(":")[0]) else spec
         raise LazyregError(f"{what}: {head} does not exist")
+    flag = SPACING_FLAGS.get(what, "--spacing")
     try:
-        return open_image(path, group=group)
+        return open_image(path, group=group, spacing=spacing)
     except LazyregError as e:
         msg = str(e)
         msg = msg[len("path: "):] if msg.startswith("path: ") else msg
         if "group=" in msg:
             msg += " (on the command line: PATH:GROUP, e.g. fix.n5:lowres)"
+        both = " (or --spacing for both images)" if flag != "--spacing" else ""
+        if msg.startswith("spacing: "):
+            msg = f"spacing ({flag}{both}): {msg[len('spacing: '):]}"
+        msg = msg.replace("pass spacing=(z, y, x)", f"pass {flag} Z,Y,X{both}")
         raise LazyregError(msg if msg.startswith(f"{what}:") else f"{what}: {msg}") from None
 
 

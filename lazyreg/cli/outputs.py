@@ -1,7 +1,9 @@
 """A command's outputs: checked before anything runs, removed after a failed run; JSON reports and pictures.
 
 Existing outputs are never replaced without ``--overwrite``, and no output may be, contain or sit
-inside an input.
+inside an input. Output folders must be writable (checked before anything runs), and a command
+holds the writer lock of its output (:mod:`lazyreg.io.locks`) for the whole run: a second command
+writing the same output fails at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from ..errors import LazyregError
+from ..io.locks import LOCK_SUFFIX, acquire_lock, check_writable
 from .session import has_module
 
 if TYPE_CHECKING:
@@ -48,15 +51,17 @@ def prepare_folder(path: str, overwrite: bool) -> Path:
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise LazyregError(f"output: {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and any(p.name != LOCK_SUFFIX for p in out.iterdir()) and not overwrite:
         raise LazyregError(f"output: {out} exists and is not empty; pass --overwrite to replace its outputs, or choose another folder")
     if not out.parent.exists():
         raise LazyregError(f"output: the parent folder {out.parent} does not exist")
+    check_writable(out if out.is_dir() else out.parent, f"output: {out}")
     return out
 
 
 def prepare_file(path: str, overwrite: bool) -> Path:
-    """An output file (or store) OUT: refused if it exists without ``overwrite`` (an empty folder is fine).
+    """An output file (or store) OUT: refused if it exists without ``overwrite`` (an empty folder is fine),
+    or if its folder is not writable.
 
     Examples
     --------
@@ -77,6 +82,7 @@ def prepare_file(path: str, overwrite: bool) -> Path:
             raise LazyregError(f"output: {out} exists; pass --overwrite to replace it")
     if not out.parent.exists():
         raise LazyregError(f"output: the parent folder {out.parent} does not exist")
+    check_writable(out.parent, f"output: {out}")
     return out
 
 
@@ -105,10 +111,13 @@ def check_not_input(outputs: Sequence[Path], inputs: Sequence[Path], folder: Pat
 
 @contextmanager
 def output_guard(out: Path, folder: bool = False) -> Iterator[Path]:
-    """Create OUT (a folder) if asked; if the run fails and OUT did not exist before, remove it.
+    """Lock OUT for the run (creating it first if it is a folder); if the run fails and OUT did not
+    exist before, remove it.
 
     A failed run therefore leaves no partial output behind unless OUT was there already (then
-    ``--overwrite`` was given, or OUT was an empty folder).
+    ``--overwrite`` was given, or OUT was an empty folder). The writer lock (beside OUT, or inside
+    an OUT folder: :func:`lazyreg.io.locks.acquire_lock`) is taken before anything is written or
+    removed, so a second command writing OUT fails at once and never deletes the first one's output.
 
     Examples
     --------
@@ -128,7 +137,11 @@ def output_guard(out: Path, folder: bool = False) -> Iterator[Path]:
     """
     existed = out.exists()
     if folder:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LazyregError(f"output: cannot create the folder {out} ({e.strerror or e})") from None
+    lock = acquire_lock(out, inside=folder, reentrant=True)  # this command's own writes may take it again
     try:
         yield out
     except BaseException:
@@ -138,6 +151,8 @@ def output_guard(out: Path, folder: bool = False) -> Iterator[Path]:
             elif out.exists():
                 out.unlink()
         raise
+    finally:
+        lock.release()
 
 
 def jsonable(o: Any) -> Any:

@@ -193,6 +193,12 @@ def _output_options(folder: bool) -> argparse.ArgumentParser:
         g.add_argument("--no-image", action="store_true", help="do not write the aligned image (aligned.ome.zarr)")
     else:
         g.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    g.add_argument(
+        "--ome-zarr-version",
+        choices=("0.4", "0.5"),
+        default=None,
+        help="OME-Zarr version of the images and fields written: 0.5 (zarr v3, the default) or 0.4 (zarr v2, for tools on zarr 2 such as bigstream 5)",
+    )
     return p
 
 
@@ -227,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub, [common])
     _add_align(sub, [common, _output_options(True), dask_opts])
     _add_align_piecewise(sub, [common, _output_options(True), dask_opts])
+    _add_align_series(sub, [common, _output_options(True), dask_opts])
     _add_apply(sub, [common, _output_options(False), dask_opts])
     _add_invert(sub, [common, _output_options(False), dask_opts])
     _add_demo(sub, [common, dask_opts])
@@ -240,9 +247,16 @@ def _command(sub: Any, name: str, parents: list, summary: str, description: str)
     )
 
 
+SPACING_HELP = "voxel spacing (z,y,x, physical units) of {what}, overriding its metadata; needed for images without (plain zarr arrays, uncalibrated TIFF, OME-Zarr without a scale)"
+
+
 def _add_images(p: argparse.ArgumentParser, fixed_help: str = "fixed image; ") -> None:
     p.add_argument("fixed", metavar="FIXED", help=fixed_help + PATH_HELP)
     p.add_argument("moving", metavar="MOVING", help="moving image; PATH[:GROUP] as for FIXED")
+    g = p.add_argument_group("voxel spacing")
+    g.add_argument("--spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="both images"))
+    g.add_argument("--fixed-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="FIXED") + "; wins over --spacing")
+    g.add_argument("--moving-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="MOVING") + "; wins over --spacing")
 
 
 def _add_info(sub: Any, parents: list) -> None:
@@ -255,6 +269,13 @@ def _add_info(sub: Any, parents: list) -> None:
     i.add_argument("path", metavar="PATH[:GROUP]", help="image (N5, zarr, OME-Zarr, TIFF); " + PATH_HELP)
     i.add_argument("--group", default=None, help="group / dataset inside the container (instead of PATH:GROUP)")
     i.add_argument("--json", action="store_true", help="print the description as JSON")
+    i.add_argument(
+        "--check",
+        action="store_true",
+        help="check that every chunk file is on disk and list the missing ones by name; exit code 2 if a store "
+        "written by lazyreg (which writes every chunk) misses any (other writers may skip empty chunks: listed only)",
+    )
+    i.add_argument("--spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="the image"))
 
 
 def _add_align(sub: Any, parents: list) -> None:
@@ -272,6 +293,32 @@ def _add_align(sub: Any, parents: list) -> None:
     a.add_argument("--steps", default="ransac,affine", help=STEPS_HELP + " (default: ransac,affine)")
     a.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     a.add_argument("--order", type=int, choices=(0, 1, 3), default=1, help="interpolation of the aligned image: 0 nearest, 1 linear (default), 3 cubic")
+
+
+def _add_align_series(sub: Any, parents: list) -> None:
+    s = _command(
+        sub,
+        "align-series",
+        parents,
+        "register several rounds to one fixed round (or each to the previous): one folder per round, one report",
+        "Registers every MOVING round to FIXED (with --chain, each round to the previous one, round 1 to "
+        "FIXED, the transforms composed), as one graph. Writes into OUT a folder per round, named after "
+        "its MOVING path: affine.txt, field.ome.zarr (with --piecewise), aligned.ome.zarr (unless "
+        "--no-image); and report.json: one table (round x step/block) and, per round, the transform "
+        "files that map FIXED to it (lazyreg's order).",
+    )
+    s.add_argument("fixed", metavar="FIXED", help="fixed round; " + PATH_HELP)
+    s.add_argument("movings", metavar="MOVING", nargs="+", help="moving rounds, in acquisition order; PATH[:GROUP] as for FIXED")
+    g = s.add_argument_group("voxel spacing")
+    g.add_argument("--spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="every image"))
+    g.add_argument("--fixed-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="FIXED") + "; wins over --spacing")
+    g.add_argument("--moving-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="every MOVING") + "; wins over --spacing")
+    s.add_argument("--steps", default="ransac,affine", help=STEPS_HELP + " (default: ransac,affine)")
+    s.add_argument("--piecewise", action="store_true", help="refine every round with align-piecewise's default steps on top of its affine")
+    s.add_argument("--blocksize", type=ints, default=None, metavar="N|Z,Y,X", help="with --piecewise: block core size in fixed voxels (default 128)")
+    s.add_argument("--chain", action="store_true", help="register each round to the previous one and compose (drifting series)")
+    s.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    s.add_argument("--order", type=int, choices=(0, 1, 3), default=1, help="interpolation of the aligned images (default 1)")
 
 
 def _add_align_piecewise(sub: Any, parents: list) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import LazyregError
 from ..images import Grid
+from .read_errors import read_naming_chunk
 from .source import Source, file_stamp
 
 __all__ = ["N5Source", "is_n5", "n5_datasets", "open_n5"]
@@ -109,14 +110,25 @@ def n5_datasets(root: Path) -> list[str]:
     return sorted(out)
 
 
-def _xyz(value: Any) -> np.ndarray | None:
+def _numbers(value: Any, where: Path, field: str, n: int | None = 3, positive: bool = False) -> np.ndarray:
+    """A list of ``n`` finite numbers from an attribute (JSON numbers only), else a LazyregError naming it."""
+    ok = isinstance(value, list) and (n is None or len(value) == n)
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    arr = np.asarray(value if ok else [], dtype=float)
+    if not ok or not np.all(np.isfinite(arr)) or (positive and not np.all(arr > 0)):
+        what = f"{n} " if n else ""
+        raise LazyregError(
+            f"path: {where / 'attributes.json'}: '{field}' must be a list of {what}finite{' positive' if positive else ''} "
+            f"numbers (x, y, z), got {value!r}"[:300]
+        )
+    return arr
+
+
+def _xyz(value: Any, where: Path, field: str, positive: bool = False) -> np.ndarray | None:
+    """An xyz attribute (or the ``dimensions`` of a ``{"unit", "dimensions"}`` dict); None if absent."""
     if isinstance(value, dict):
-        value = value.get("dimensions")
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return arr if arr.shape == (3,) and np.all(np.isfinite(arr)) else None
+        value, field = value.get("dimensions"), field + ".dimensions"
+    return None if value is None else _numbers(value, where, field, positive=positive)
 
 
 def _unit_of(value: Any) -> str | None:
@@ -125,18 +137,19 @@ def _unit_of(value: Any) -> str | None:
     return None
 
 
-def _cosem_transform(t: Any) -> tuple[np.ndarray, np.ndarray, str | None] | None:
+def _cosem_transform(t: Any, where: Path) -> tuple[np.ndarray, np.ndarray, str | None] | None:
     """The COSEM-style ``"transform"`` attribute (axes named, C order unless ``ordering == "F"``)."""
     if not isinstance(t, dict) or "scale" not in t or "axes" not in t:
         return None
-    axes = list(t["axes"])
-    scale = list(t["scale"])
-    trans = list(t.get("translate", [0.0] * len(axes)))
-    units = list(t.get("units", [None] * len(axes)))
+    axes = t["axes"]
+    if not isinstance(axes, list) or sorted(map(str, axes)) != ["x", "y", "z"]:
+        raise LazyregError(f"path: {where / 'attributes.json'}: 'transform.axes' must name x, y and z once each, got {axes!r}")
+    scale = list(_numbers(t["scale"], where, "transform.scale", positive=True))
+    trans = list(_numbers(t.get("translate", [0.0] * 3), where, "transform.translate"))
+    units = t.get("units", [None] * 3)
+    units = list(units) if isinstance(units, list) and len(units) == 3 else [None] * 3
     if t.get("ordering", "C") == "F":
         axes, scale, trans, units = axes[::-1], scale[::-1], trans[::-1], units[::-1]
-    if sorted(axes) != ["x", "y", "z"]:
-        return None
     idx = [axes.index(d) for d in "zyx"]
     return (
         np.asarray([scale[i] for i in idx], dtype=float),
@@ -153,7 +166,7 @@ def _geometry(dataset_dir: Path, container: Path) -> tuple[tuple | None, tuple, 
     physical units) if present. A COSEM-style ``transform`` attribute takes precedence.
     """
     ds = _attrs(dataset_dir)
-    cosem = _cosem_transform(ds.get("transform"))
+    cosem = _cosem_transform(ds.get("transform"), dataset_dir)
     if cosem is not None:
         sc, tr, unit = cosem
         return tuple(sc.tolist()), tuple(tr.tolist()), unit_name(unit)
@@ -162,17 +175,17 @@ def _geometry(dataset_dir: Path, container: Path) -> tuple[tuple | None, tuple, 
     while True:
         a = ds if p == dataset_dir else _attrs(p)
         for key in ("pixelResolution", "resolution"):
-            if res is None and _xyz(a.get(key)) is not None:
-                res = _xyz(a.get(key))
+            if res is None and _xyz(a.get(key), p, key, positive=True) is not None:
+                res = _xyz(a.get(key), p, key, positive=True)
                 unit = _unit_of(a.get(key))
         if unit is None and _unit_of(a.get("pixelResolution")):
             unit = _unit_of(a.get("pixelResolution"))
         if (res is not None and unit is not None) or p == container or p.parent == p:
             break
         p = p.parent
-    factors = _xyz(ds.get("downsamplingFactors"))
+    factors = _xyz(ds.get("downsamplingFactors"), dataset_dir, "downsamplingFactors", positive=True)
     factors = np.ones(3) if factors is None else factors
-    offset = _xyz(ds.get("offset"))
+    offset = _xyz(ds.get("offset"), dataset_dir, "offset")
     origin = (0.0, 0.0, 0.0) if offset is None else tuple(offset[::-1].tolist())
     spacing = None if res is None else tuple((res * factors)[::-1].tolist())
     return spacing, origin, unit_name(unit)
@@ -231,14 +244,15 @@ class N5Source(Source):
         attrs = _attrs(self.path)
         if "dimensions" not in attrs:
             raise LazyregError(f"path: {self.path} is not an N5 dataset (its attributes.json has no 'dimensions')")
-        dims = [int(v) for v in attrs["dimensions"]]
+        dims = [int(v) for v in _numbers(attrs["dimensions"], self.path, "dimensions", n=None)]
         if len(dims) != 3:
             raise LazyregError(f"path: {self.path} has {len(dims)} dimensions; lazyreg reads 3D (x, y, z) N5 datasets")
+        block = _numbers(attrs.get("blockSize", dims), self.path, "blockSize", positive=True)
         try:
             self.dtype = np.dtype(str(attrs.get("dataType")))
         except TypeError:
             raise LazyregError(f"path: {self.path} has an unsupported dataType {attrs.get('dataType')!r}") from None
-        self.chunks = tuple(int(v) for v in attrs.get("blockSize", dims))[::-1]  # type: ignore[assignment]
+        self.chunks = tuple(int(v) for v in block)[::-1]  # type: ignore[assignment]
         found, origin, self.units = _geometry(self.path, _container(self.path) or self.path)
         if spacing is None and found is None:
             raise LazyregError(
@@ -250,8 +264,15 @@ class N5Source(Source):
         _open_store(str(self.path), self.token())  # fail now, not in a worker, if tensorstore cannot read it
 
     def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        return read_naming_chunk(self._read, index, self.chunks, self._describe, str(self.path))
+
+    def _read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
         store = _open_store(str(self.path), self.token())
         return store.T[index].read(order="C").result()
+
+    def _describe(self, ids: tuple[int, ...]) -> str:
+        key = "/".join(str(i) for i in ids[::-1])  # N5 block paths are x/y/z
+        return f"block '{key}' (file {self.path / key})"
 
     def token(self) -> str:
         return f"n5:{self.path}:{self._mtime}"

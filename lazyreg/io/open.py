@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -14,7 +16,8 @@ from ..validation import check_spacing
 from .n5 import is_n5, open_n5
 from .source import from_source
 from .tiff import TiffSource, is_tiff
-from .zarr_read import is_zarr, open_zarr
+from .xarray_store import open_xarray_store
+from .zarr_read import AUTO_LEVEL_VOXELS, is_zarr, open_zarr
 
 __all__ = ["open_image"]
 
@@ -44,36 +47,67 @@ def _default_name(p: Path) -> str:
     return name
 
 
-def _check_level(level: Any) -> int | None:
-    if level is None:
-        return None
+def _check_level(level: Any) -> int | str | None:
+    if level is None or (isinstance(level, str) and level == "auto"):
+        return level
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or level < 0:
-        raise LazyregError(f"level: expected a non-negative integer (0 is full resolution), got {level!r}")
+        raise LazyregError(f"level: expected a non-negative integer (0 is full resolution) or 'auto', got {level!r}")
     return int(level)
+
+
+def _budget(max_voxels: Any) -> int:
+    """The voxel budget of ``level="auto"``: ``max_voxels``, else the dask config ``lazyreg.auto-level-voxels``."""
+    value = dask.config.get("lazyreg.auto-level-voxels", AUTO_LEVEL_VOXELS) if max_voxels is None else max_voxels
+    where = "max_voxels" if max_voxels is not None else "dask config lazyreg.auto-level-voxels"
+    try:
+        n = int(float(value))
+    except (TypeError, ValueError):
+        raise LazyregError(f"{where}: expected a number of voxels, got {value!r}") from None
+    if n < 1 or isinstance(value, bool):
+        raise LazyregError(f"{where}: expected a positive number of voxels, got {value!r}")
+    return n
+
+
+def _open_n5_auto(p: Path, group: str | None, spacing: Any, budget: int) -> Any:
+    """The finest level ``s{k}`` of an N5 multiscale group with at most ``budget`` voxels (else the coarsest)."""
+    base = p / group if group else p
+    if not (base / "s0").is_dir():
+        return open_n5(p, group=group, level=None, spacing=spacing)
+    k = 0
+    while True:
+        src = open_n5(p, group=group, level=k, spacing=spacing)
+        if math.prod(src.shape) <= budget or not (base / f"s{k + 1}").is_dir():
+            return src
+        k += 1
 
 
 def open_image(
     path: str | os.PathLike,
     *,
     group: str | None = None,
-    level: int | None = None,
+    level: int | str | None = None,
     chunks: Any = None,
     spacing: Any = None,
     name: str | None = None,
+    max_voxels: int | None = None,
 ) -> xr.DataArray:
     """Open an image on disk as a lazy, dask-backed lazyreg image (only metadata are read).
 
     Parameters
     ----------
     path : str or path-like
-        An N5 container, group or dataset; a zarr array (v2 or v3); an OME-Zarr 0.4 / 0.5 image; or a
-        TIFF file.
+        An N5 container, group or dataset; a zarr array (v2 or v3); an OME-Zarr 0.4 / 0.5 image; a
+        zarr store that xarray wrote (``DataArray.to_zarr``: spacing and origin from its coordinates);
+        or a TIFF file.
     group : str, optional
         Inside ``path``: the N5 dataset (e.g. ``"lowres"``), the OME-Zarr level's dataset path (e.g.
         ``"1"``), or a zarr subgroup / array.
-    level : int, optional
+    level : int or "auto", optional
         Multiscale level (0, the default, is full resolution): an index into the OME-Zarr datasets, or
-        the dataset ``s{level}`` of an N5 multiscale group.
+        the dataset ``s{level}`` of an N5 multiscale group. "auto": the finest level of at most
+        ``max_voxels`` voxels (the coarsest if none is that small), e.g. to run :func:`lazyreg.align`
+        on a level that fits in memory, as multiview-stitcher chooses its registration binning;
+        transforms are in physical units, so they apply to the full-resolution images as they are.
     chunks : optional
         dask chunks; default the chunks on disk (N5 blocks transposed to zyx, zarr chunks or shards;
         for TIFF, pages or tiles grouped to about 32 MiB).
@@ -81,6 +115,9 @@ def open_image(
         Voxel spacing (z, y, x) overriding the metadata; required when the file has none.
     name : str, optional
         Name of the returned DataArray; default the file / folder name without its suffix.
+    max_voxels : int, optional
+        Voxel budget of ``level="auto"``; default the dask config ``lazyreg.auto-level-voxels``, else
+        16 Mi (16 777 216) voxels.
 
     Returns
     -------
@@ -91,7 +128,8 @@ def open_image(
     Raises
     ------
     LazyregError
-        Missing path, unknown format, unknown group or level, unknown spacing, an interrupted write.
+        Missing path, unknown format, unknown group or level, unknown spacing, an interrupted write,
+        a displacement field (to open with :func:`lazyreg.load_transform`).
 
     Examples
     --------
@@ -101,6 +139,13 @@ def open_image(
     ...     fix = lazyreg.open_image(path)  # only metadata are read
     ...     fix.name, fix.shape, lazyreg.spacing(fix), int(fix.sum())
     ('fix', (4, 8, 8), (2.0, 1.0, 1.0), 256)
+
+    The finest level of a pyramid that holds at most 100 voxels:
+
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = lazyreg.to_zarr(lazyreg.image(np.ones((8, 8, 8)), 1.0), f"{d}/p.ome.zarr", levels=3)
+    ...     lazyreg.open_image(path, level="auto", max_voxels=100).shape
+    (4, 4, 4)
 
     The tutorial's N5 volume (a dataset of an N5 container):
 
@@ -113,6 +158,7 @@ def open_image(
     if group is not None and not isinstance(group, str):
         raise LazyregError(f"group: expected a str (a dataset / group path), got {type(group).__name__}")
     level = _check_level(level)
+    budget = _budget(max_voxels) if level == "auto" else None
     if spacing is not None:
         spacing = check_spacing(spacing)
     p = Path(path).expanduser()
@@ -121,14 +167,15 @@ def open_image(
     if p.is_file() and is_tiff(p):
         if group is not None:
             raise LazyregError(f"group: TIFF files have no groups ({p})")
-        if level:
+        if level and level != "auto":
             raise LazyregError(f"level: TIFF files are read at full resolution only, got level={level}")
         src = TiffSource(p, spacing)
         units = src.units
     elif is_zarr(p):
-        src, units = open_zarr(p, group=group, level=level, spacing=spacing)
+        found = open_xarray_store(p, group=group, level=level, spacing=spacing)
+        src, units = found if found else open_zarr(p, group=group, level=level, spacing=spacing, max_voxels=budget)
     elif is_n5(p, group):
-        src = open_n5(p, group=group, level=level, spacing=spacing)
+        src = _open_n5_auto(p, group, spacing, budget) if level == "auto" else open_n5(p, group=group, level=level, spacing=spacing)
         units = src.units
     else:
         raise LazyregError(

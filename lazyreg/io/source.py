@@ -151,7 +151,8 @@ class ChunkCache(Source):
     Parameters
     ----------
     inner : Source
-        The source read, a whole native chunk at a time.
+        The source read, a whole native chunk at a time (its ``chunks``, or the per-axis chunk
+        boundaries in ``inner.block_bounds`` when it has them, e.g. unequal dask blocks).
     max_bytes : int, optional
         Most bytes of decoded chunks kept; default :func:`chunk_cache_bytes`.
 
@@ -171,7 +172,11 @@ class ChunkCache(Source):
         self.inner = inner
         self.grid, self.dtype, self.chunks = inner.grid, np.dtype(inner.dtype), tuple(inner.chunks)
         self.max_bytes = chunk_cache_bytes() if max_bytes is None else int(max_bytes)
-        self._direct = int(np.prod(self.chunks)) * self.dtype.itemsize > self.max_bytes // 4  # chunks too big to cache
+        # chunk boundaries per axis: regular from ``chunks``, or the source's own (e.g. dask blocks)
+        bounds = getattr(inner, "block_bounds", None) or [np.r_[0:n:c, n] for n, c in zip(self.shape, self.chunks)]
+        self._bounds = [np.asarray(b, dtype=np.int64) for b in bounds]
+        largest = int(np.prod([np.diff(b).max() if len(b) > 1 else 0 for b in self._bounds]))
+        self._direct = largest * self.dtype.itemsize > self.max_bytes // 4  # chunks too big to cache
         self._blocks: OrderedDict = OrderedDict()
         self._nbytes = 0
         self._lock = threading.Lock()
@@ -196,7 +201,7 @@ class ChunkCache(Source):
                     break
             busy.wait()
         try:
-            index = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(ids, self.chunks, self.shape))
+            index = tuple(slice(int(b[i]), int(b[i + 1])) for i, b in zip(ids, self._bounds))
             block = np.asarray(self.inner.read(index))
             with self._lock:
                 self._blocks[ids] = block
@@ -212,10 +217,11 @@ class ChunkCache(Source):
         if self._direct:
             return self.inner.read(index)
         out = np.empty(tuple(s.stop - s.start for s in index), dtype=self.dtype)
-        ranges = [range(s.start // c, (s.stop - 1) // c + 1) if s.stop > s.start else range(0) for s, c in zip(index, self.chunks)]
+        ranges = [range(int(np.searchsorted(b, s.start, "right")) - 1, int(np.searchsorted(b, s.stop - 1, "right")))
+                  if s.stop > s.start else range(0) for s, b in zip(index, self._bounds)]
         for ids in itertools.product(*ranges):
             block = self._chunk(ids)
-            lo = [i * c for i, c in zip(ids, self.chunks)]
+            lo = [int(b[i]) for i, b in zip(ids, self._bounds)]
             dst = tuple(slice(max(s.start, a) - s.start, min(s.stop, a + b) - s.start) for s, a, b in zip(index, lo, block.shape))
             src = tuple(slice(max(s.start, a) - a, min(s.stop, a + b) - a) for s, a, b in zip(index, lo, block.shape))
             out[dst] = block[src]

@@ -13,6 +13,10 @@ import SimpleITK as sitk
 from ..errors import LazyregError
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
+from .locks import acquire_lock
+from .field_arrays import is_bare_array, load_field_array
+from .ngff_graph import graph_of
+from .ngff_transforms import TRANSFORM_ATTR, field_attr, field_ome_metadata, load_ngff_transform, ngff_document, save_affine_ngff
 
 __all__ = ["save_affine", "load_affine", "save_transform", "load_transform", "save_field_zarr", "ITK_SUFFIXES", "FIELD_IMAGE_SUFFIXES", "TEXT_HEADER"]
 
@@ -47,8 +51,19 @@ def _prepare_destination(path: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
-def _write_atomically(path: Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary name beside ``path`` (same suffixes), then move it in place."""
+def _write_atomically(path: Path, write: Callable[[str], None], overwrite: bool = True) -> Path:
+    """Call ``write(tmp)`` on a temporary name beside ``path`` (same suffixes), then move it in place.
+
+    Under the writer lock of ``path`` (:mod:`lazyreg.io.locks`): a second writer fails at once, and
+    without ``overwrite`` a file that appeared since :func:`_prepare_destination` is not replaced.
+    """
+    with acquire_lock(path):
+        if path.exists() and not overwrite:
+            raise LazyregError(f"path: {str(path)!r} already exists; pass overwrite=True to replace it")
+        return _replace_with(path, write)
+
+
+def _replace_with(path: Path, write: Callable[[str], None]) -> Path:
     tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         try:
@@ -67,8 +82,18 @@ def _has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
     return any(name.endswith(s) for s in suffixes)
 
 
+def _is_binary(path: Path) -> bool:
+    """A NUL byte in the first 4 KiB: ITK's binary files (MATLAB ``.mat``, HDF5) have them, text never."""
+    with open(path, "rb") as f:
+        return b"\x00" in f.read(4096)
+
+
 def _is_itk_file(path: Path) -> bool:
-    return _has_suffix(path, ITK_SUFFIXES) or _is_itk_text(path)
+    """ITK text (by its first line), or a file with an ITK suffix; but a text ``.mat`` is a matrix, as
+    bigstream's ``np.savetxt("affine.mat", affine)`` writes it (zyx, physical, fixed -> moving, as lazyreg's)."""
+    if _is_itk_text(path):
+        return True
+    return _is_binary(path) if _has_suffix(path, (".mat",)) else _has_suffix(path, ITK_SUFFIXES)
 
 
 def _read_itk(path: Path) -> sitk.Transform:
@@ -83,7 +108,10 @@ def save_affine(affine: Affine, path: str | os.PathLike, *, overwrite: bool = Fa
 
     The format follows the suffix unless ``format`` is given: ``.tfm``, ``.mat``, ``.h5`` and
     ``.hdf5`` are written by ``sitk.WriteTransform`` as an ITK ``AffineTransform`` (xyz, as
-    :meth:`Affine.to_sitk`); anything else as text: the 4x4 matrix in (z, y, x) order, full
+    :meth:`Affine.to_sitk`); ``.json``, ``.zarr`` and ``.ome.zarr`` as an NGFF ``affine``
+    transformation from the coordinate system ``fixed`` to ``moving`` (axes z, y, x; a JSON file or a
+    zarr group holding only metadata, see :mod:`lazyreg.io.ngff_transforms`); anything else as text:
+    the 4x4 matrix in (z, y, x) order, full
     precision, after a ``#`` comment header saying so. A lazy affine is computed. The file is
     written beside its destination first and then moved into place, so a failed write leaves any
     existing file untouched.
@@ -125,24 +153,28 @@ def save_affine(affine: Affine, path: str | os.PathLike, *, overwrite: bool = Fa
         raise LazyregError(f"affine: expected a lazyreg.Affine, got {type(affine).__name__}{hint}")
     if format is not None and format not in _FORMATS:
         raise LazyregError(f"format: expected one of {_FORMATS} or None, got {format!r}")
+    if format is None and _has_suffix(Path(os.fspath(path)), (".json", ".zarr")):
+        return save_affine_ngff(affine, path, overwrite=overwrite)
     path = _prepare_destination(path, overwrite)
     fmt = format or ("itk" if _has_suffix(path, ITK_SUFFIXES) else "text")
     concrete = affine.compute()
     if fmt == "itk":
         itk = concrete.to_sitk()
-        return _write_atomically(path, lambda p: sitk.WriteTransform(itk, p))
+        return _write_atomically(path, lambda p: sitk.WriteTransform(itk, p), overwrite)
     m = np.asarray(concrete.matrix)
-    return _write_atomically(path, lambda p: np.savetxt(p, m, fmt="%.17g", header=TEXT_HEADER, comments="# "))
+    return _write_atomically(path, lambda p: np.savetxt(p, m, fmt="%.17g", header=TEXT_HEADER, comments="# "), overwrite)
 
 
 def load_affine(path: str | os.PathLike) -> Affine:
     """Read an affine saved by :func:`save_affine`, or any linear ITK transform file.
 
-    ITK files are recognised by their suffix (``.tfm``, ``.mat``, ``.h5``, ``.hdf5``) or, for
-    text files of any suffix, by their first line ``#Insight Transform File``; they are read with
+    NGFF affines (``.json`` files, zarr groups) are read by :func:`load_transform`. ITK files are
+    recognised by their first line ``#Insight Transform File`` (text, any suffix) or
+    by their suffix (``.tfm``, ``.h5``, ``.hdf5``, and binary ``.mat``); they are read with
     ``sitk.ReadTransform`` and converted by :meth:`Affine.from_sitk` (xyz to zyx; composites of
-    linear transforms are composed). Other files are read as a whitespace-separated 4x4 matrix in
-    (z, y, x) order, ``#`` starting comments.
+    linear transforms are composed). Other files, text ``.mat`` files included (bigstream saves its
+    affines with ``np.savetxt("affine.mat", affine)``: the same zyx, physical, fixed -> moving
+    matrix), are read as a whitespace-separated 4x4 matrix in (z, y, x) order, ``#`` starting comments.
 
     Parameters
     ----------
@@ -169,8 +201,11 @@ def load_affine(path: str | os.PathLike) -> Affine:
     array([3., 2., 1.])
     """
     path = Path(os.fspath(path))
-    if path.is_dir():
-        return _load_field_zarr(path)
+    if path.is_dir() or _has_suffix(path, (".json",)):  # NGFF (or a field folder: refused below)
+        t = load_transform(path)
+        if not isinstance(t, Affine):
+            raise LazyregError(f"path: {str(path)!r} holds a displacement field or a list, not one affine; use load_transform")
+        return t
     if not path.is_file():
         raise LazyregError(f"path: no such file {str(path)!r}")
     if _is_itk_file(path):
@@ -178,7 +213,8 @@ def load_affine(path: str | os.PathLike) -> Affine:
     try:
         m = np.loadtxt(path, dtype=np.float64, comments="#", ndmin=2)
     except (ValueError, UnicodeDecodeError) as e:
-        raise LazyregError(f"path: could not read a 4x4 matrix from {str(path)!r}: {e}") from None
+        hint = " (neither an ITK transform file nor a text matrix)" if _has_suffix(path, (".mat",)) else ""
+        raise LazyregError(f"path: could not read a 4x4 matrix from {str(path)!r}{hint}: {e}") from None
     if m.shape != (4, 4):
         raise LazyregError(f"path: expected a 4x4 homogeneous matrix in {str(path)!r}, got shape {m.shape}")
     try:
@@ -193,12 +229,14 @@ def save_transform(
     """Write an Affine or a DisplacementField to a file (lazy ones are computed).
 
     * An :class:`Affine` is written by :func:`save_affine`: ITK transform file for ``.tfm``,
-      ``.mat``, ``.h5``, ``.hdf5``, otherwise a plain-text zyx 4x4 matrix.
+      ``.mat``, ``.h5``, ``.hdf5``, NGFF ``affine`` for ``.json``, ``.zarr``, ``.ome.zarr``,
+      otherwise a plain-text zyx 4x4 matrix.
     * A :class:`DisplacementField` is written either as an ITK ``DisplacementFieldTransform``
       (``.h5``, ``.hdf5``, ``.tfm``) or as a 3-component vector image of xyz displacements with
       its spacing and origin (``.mha``, ``.nrrd``, ``.nii``, ``.nii.gz``), ITK's/ANTs' convention,
-      or streamed chunk by chunk (lazy fields are not loaded whole) to OME-Zarr 0.5 (``.zarr``,
-      ``.ome.zarr``) with axes (c, z, y, x), c = (dz, dy, dx) in physical units.
+      or streamed chunk by chunk (lazy fields are not loaded whole) to OME-Zarr (``.zarr``,
+      ``.ome.zarr``) as an NGFF ``displacements`` transformation from ``fixed`` to ``moving``
+      (:func:`save_field_zarr`).
 
     An existing file is refused (and left untouched) unless ``overwrite=True``.
 
@@ -246,10 +284,10 @@ def save_transform(
     field = transform.compute()
     if _has_suffix(path, _FIELD_TRANSFORM_SUFFIXES):
         itk = field.to_sitk()
-        return _write_atomically(path, lambda p: sitk.WriteTransform(itk, p))
+        return _write_atomically(path, lambda p: sitk.WriteTransform(itk, p), overwrite)
     if _has_suffix(path, FIELD_IMAGE_SUFFIXES):
         img = field.to_sitk().GetDisplacementField()
-        return _write_atomically(path, lambda p: sitk.WriteImage(img, p))
+        return _write_atomically(path, lambda p: sitk.WriteImage(img, p), overwrite)
     raise LazyregError(
         f"path: a DisplacementField is written to an ITK transform file ({', '.join(_FIELD_TRANSFORM_SUFFIXES)}) "
         f"or a vector image ({', '.join(FIELD_IMAGE_SUFFIXES)}), got {path.name!r}"
@@ -275,33 +313,59 @@ def _from_itk(t: sitk.Transform) -> list[Affine | DisplacementField]:
     return [Affine.from_sitk(t)]
 
 
-def load_transform(path: str | os.PathLike) -> Affine | DisplacementField | list[Affine | DisplacementField]:
-    """Read a transform file written by :func:`save_transform` or by ITK/SimpleITK/ANTs.
+def load_transform(
+    path: str | os.PathLike,
+    *,
+    input: str | None = None,
+    output: str | None = None,
+    spacing: Any = None,
+    origin: Any = None,
+) -> Affine | DisplacementField | list[Affine | DisplacementField]:
+    """Read a transform written by :func:`save_transform`, by ITK/SimpleITK/ANTs, as NGFF, or by bigstream.
 
-    * ITK transform files (``.tfm``, ``.mat``, ``.h5``, ``.hdf5``, or text starting with
+    * ITK transform files (binary ``.mat``, ``.h5``, ``.hdf5``, or text starting with
       ``#Insight Transform File``): linear transforms give an :class:`Affine`, a
       ``DisplacementFieldTransform`` a :class:`DisplacementField`. A composite holding only linear
       transforms gives one Affine; a composite mixing in fields gives a **list** in ITK's order
       (the last applied first, as lazyreg lists), consecutive linear parts composed.
     * Vector images (``.mha``, ``.nrrd``, ``.nii``, ``.nii.gz``): a DisplacementField (xyz
       displacements, identity direction).
-    * An OME-Zarr field folder written by :func:`save_transform`: a lazy DisplacementField.
-    * Anything else: a plain-text zyx 4x4 matrix (:func:`load_affine`).
+    * NGFF (OME-Zarr RFC-5) ``coordinateTransformations`` in a zarr group or a ``.json`` file (what
+      :func:`save_transform` writes to ``.ome.zarr`` / ``.zarr`` / ``.json``, and other tools'
+      ``scene`` / ``multiscales`` transformations): the chain from coordinate system ``input`` to
+      ``output`` (identity, scale, translation, affine, rotation, mapAxis, byDimension, sequence,
+      bijection, inverseOf, displacements; walked backwards where it inverts in closed form), in
+      lazyreg's z, y, x order (axes matched by name); 2D (y, x) transforms act on every z plane
+      (z passes through). Fields are lazy. See :mod:`lazyreg.io.ngff_graph`.
+    * An OME-Zarr field folder of the earlier lazyreg format (axes c, z, y, x): a lazy DisplacementField.
+    * A bare zarr array or N5 dataset of shape (z, y, x, 3), e.g. bigstream's ``deform``: a lazy
+      DisplacementField on a grid of the given ``spacing`` (required) and ``origin`` (default 0).
+    * Anything else: a plain-text zyx 4x4 matrix (:func:`load_affine`), e.g. bigstream's
+      ``np.savetxt("affine.mat", affine)`` (a text ``.mat``; bigstream's matrices map fixed to moving
+      physical points in the arrays' axis order, as lazyreg's).
 
     Parameters
     ----------
     path : str or path-like
-        The file to read.
+        The file or folder to read.
+    input, output : str, optional
+        NGFF only: the coordinate systems of fixed-space points (the transform's input) and of
+        moving-space points (its output). Default ``"fixed"`` -> ``"moving"`` for lazyreg's files,
+        else the file's only transformation.
+    spacing, origin : float or 3 floats, optional
+        Bare (z, y, x, 3) arrays only: the grid of the field (z, y, x), which such arrays do not store.
 
     Returns
     -------
     Affine, DisplacementField, or list of them
-        Usable directly as the ``transforms`` argument of lazyreg functions.
+        Usable directly as the ``transforms`` argument of lazyreg functions (an NGFF identity gives
+        the identity Affine).
 
     Raises
     ------
     LazyregError
-        Missing or unreadable file, or an unsupported transform (e.g. B-spline).
+        Missing or unreadable file, an unsupported transform (e.g. B-spline), a bare array without
+        ``spacing``, or ``input`` / ``output`` / ``spacing`` / ``origin`` where they do not apply.
 
     Examples
     --------
@@ -311,6 +375,19 @@ def load_transform(path: str | os.PathLike) -> Affine | DisplacementField | list
     array([1., 1., 1.])
     """
     path = Path(os.fspath(path))
+    if path.is_dir() and is_bare_array(path):
+        if input is not None or output is not None:
+            raise LazyregError(f"input: {str(path)!r} is a bare array, not NGFF; input= / output= do not apply")
+        return load_field_array(path, spacing=spacing, origin=origin)
+    if spacing is not None or origin is not None:
+        raise LazyregError(f"spacing: {str(path)!r} is not a bare (z, y, x, 3) array; spacing= / origin= apply only to those")
+    if path.is_dir() or (path.is_file() and _has_suffix(path, (".json",))):
+        doc = ngff_document(path)
+        if doc is not None and graph_of(doc[0])[1]:
+            parts = load_ngff_transform(path, input=input, output=output)
+            return parts[0] if len(parts) == 1 else (parts or Affine.identity())
+    if input is not None or output is not None:
+        raise LazyregError(f"input: {str(path)!r} holds no NGFF coordinateTransformations; input= / output= do not apply")
     if path.is_dir():
         return _load_field_zarr(path)
     if not path.is_file():
@@ -328,16 +405,19 @@ def load_transform(path: str | os.PathLike) -> Affine | DisplacementField | list
 
 
 #: The attribute of an OME-Zarr displacement field written by lazyreg (checked when it is read).
-_FIELD_ATTR = "lazyreg_transform"
+_FIELD_ATTR = TRANSFORM_ATTR
 
 
 def save_field_zarr(
     field: DisplacementField, path: str | os.PathLike, *, overwrite: bool = False, compute: bool = True
 ) -> Path | Any:
-    """Stream a displacement field to OME-Zarr 0.5, chunk by chunk (a lazy field is not loaded whole).
+    """Stream a displacement field to OME-Zarr as an NGFF transform, chunk by chunk (a lazy field is not loaded whole).
 
-    The image has axes (c, z, y, x), c = (dz, dy, dx) in physical units, the field's spacing and
-    origin, and a ``lazyreg_transform`` attribute by which :func:`load_transform` recognises it.
+    The array ``0`` has axes (d, z, y, x): ``d`` of type ``"displacement"`` holds (dz, dy, dx) in
+    physical units (the unit of the z, y, x axes); the image has the field's spacing and origin. The
+    group's ``ome.scene`` describes it as the NGFF (RFC-5) transformation ``displacements`` from the
+    coordinate system ``fixed`` (input) to ``moving`` (output), both with axes z, y, x (see
+    :mod:`lazyreg.io.ngff_transforms`), and a ``lazyreg_transform`` attribute says lazyreg wrote it.
     :func:`save_transform` calls this for ``.zarr`` and ``.ome.zarr`` paths.
 
     Parameters
@@ -389,14 +469,15 @@ def save_field_zarr(
     return write_ome_zarr(
         data,
         Path(os.fspath(path)),
-        axes="czyx",
+        axes="dzyx",
         scale=(1.0,) + tuple(g.spacing),
         translation=(0.0,) + tuple(g.origin),
         units=[None, unit, unit, unit],
         overwrite=overwrite,
         compute=compute,
         name="displacement field",
-        attrs={_FIELD_ATTR: {"type": "displacement_field", "vector": ["z", "y", "x"], "units": unit}},
+        # "ome" replaces the writer's OME-Zarr 0.5 metadata (same image, axis d typed "displacement", plus the scene)
+        attrs={"ome": field_ome_metadata(g, unit), TRANSFORM_ATTR: field_attr(unit)},
     )
 
 
@@ -405,8 +486,8 @@ def _load_field_zarr(path: Path) -> DisplacementField:
 
     r = read_ome_zarr(path)
     info = r.attrs.get(_FIELD_ATTR, {})
-    if info.get("type") != "displacement_field" or list(r.axes) != ["c", "z", "y", "x"]:
-        raise LazyregError(f"path: {str(path)!r} is not a displacement field written by lazyreg.save_transform")
+    if info.get("type") != "displacement_field" or list(r.axes)[1:] != ["z", "y", "x"]:
+        raise LazyregError(f"path: {str(path)!r} is neither a lazyreg displacement field nor NGFF coordinateTransformations")
     values = r.data.transpose(1, 2, 3, 0)
     scale = np.asarray(r.scale, dtype=float)[1:]
     trans = np.asarray(r.translation, dtype=float)[1:]

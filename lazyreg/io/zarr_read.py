@@ -8,6 +8,8 @@ its axes and transforms (e.g. displacement fields). A store whose group still ca
 
 from __future__ import annotations
 
+import json
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -18,13 +20,17 @@ from dask.base import tokenize
 
 from ..errors import LazyregError
 from ..images import DIMS, Grid
+from .chunk_files import CHUNKS_ATTR, check_chunk_files
+from .read_errors import ChunkNamingArray, read_naming_chunk
 from .source import HandleSource, file_stamp
 
-__all__ = ["ZarrSource", "OmeZarrArray", "is_zarr", "open_zarr", "read_ome_zarr"]
+__all__ = ["ZarrSource", "OmeZarrArray", "is_zarr", "open_zarr", "read_ome_zarr", "AUTO_LEVEL_VOXELS"]
 
 #: Group attribute present only while lazyreg writes an OME-Zarr store (set and removed by
 #: :func:`lazyreg.io.omezarr.write_ome_zarr`); a store that has it is incomplete.
 WRITE_MARKER = "lazyreg_write"
+#: Default voxel budget of ``level="auto"`` (16 Mi voxels): the finest level that fits is opened.
+AUTO_LEVEL_VOXELS = 16 * 2**20
 _META_FILES = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
 
 
@@ -83,6 +89,12 @@ class ZarrSource(HandleSource):
         return zarr.open_array(store=str(self.path), mode="r")
 
     def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
+        return read_naming_chunk(self._read, index, self.chunks, self._describe, str(self.path))
+
+    def _describe(self, ids: tuple[int, ...]) -> str:
+        return _chunk_name(self.handle(), self.path, tuple(0 if n is None else ids[DIMS.index(n)] for n in self.layout))
+
+    def _read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
         stored = tuple(0 if n is None else index[DIMS.index(n)] for n in self.layout)
         out = np.asarray(self.handle()[stored])
         names = [n for n in self.layout if n is not None]
@@ -93,11 +105,42 @@ class ZarrSource(HandleSource):
         return f"zarr:{self.path}:{self._mtime}:{self.layout}"
 
 
-def _multiscales(attrs: dict) -> list | None:
+def _chunk_name(arr: Any, path: Path, coords: tuple[int, ...]) -> str:
+    """How to name a chunk (or shard) of a zarr array: its key and its file."""
+    key = arr.metadata.encode_chunk_key(coords)
+    return f"chunk '{key}' (file {path / key})"
+
+
+def _meta_file(folder: Path) -> Path:
+    """The file holding a zarr node's attributes (v3 ``zarr.json``, else v2 ``.zattrs``), for messages."""
+    return folder / "zarr.json" if (folder / "zarr.json").is_file() else folder / ".zattrs"
+
+
+def _multiscales(attrs: dict, where: Any = "the store") -> list | None:
+    """The ``multiscales`` list (OME-Zarr 0.5 ``ome.multiscales`` or 0.4), its first image checked."""
     ome = attrs.get("ome")
-    if isinstance(ome, dict) and "multiscales" in ome:
-        return ome["multiscales"]
-    return attrs.get("multiscales")
+    field = "ome.multiscales" if isinstance(ome, dict) and "multiscales" in ome else "multiscales"
+    ms = ome["multiscales"] if field == "ome.multiscales" else attrs.get("multiscales")
+    if ms is None or ms == []:
+        return ms
+    if not isinstance(ms, list) or not isinstance(ms[0], dict):
+        raise LazyregError(f"path: {where}: '{field}' must be a list of objects, got {type(ms).__name__} {str(ms)[:60]!r}")
+    datasets = ms[0].get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise LazyregError(f"path: {where}: '{field}[0].datasets' must be a non-empty list, got {datasets!r}"[:300])
+    for i, d in enumerate(datasets):
+        if not isinstance(d, dict) or not isinstance(d.get("path"), str) or not d["path"].strip("/"):
+            raise LazyregError(f"path: {where}: '{field}[0].datasets[{i}]' needs a 'path' (the level's array), got {d!r}"[:300])
+    lists = {"axes": ms[0].get("axes"), "coordinateTransformations": ms[0].get("coordinateTransformations")}
+    lists.update({f"datasets[{i}].coordinateTransformations": d.get("coordinateTransformations") for i, d in enumerate(datasets)})
+    for key, value in lists.items():
+        if value is not None and not isinstance(value, list):
+            raise LazyregError(f"path: {where}: '{field}[0].{key}' must be a list, got {value!r}"[:300])
+    return ms
+
+
+def _has_scale(*transform_lists: Any) -> bool:
+    return any(isinstance(t, dict) and t.get("type") == "scale" for ts in transform_lists for t in ts or [])
 
 
 def _compose(transforms: Any, n: int, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +152,10 @@ def _compose(transforms: Any, n: int, where: str) -> tuple[np.ndarray, np.ndarra
             continue
         if kind not in ("scale", "translation") or kind not in t:
             raise LazyregError(f"path: {where} has an unsupported coordinateTransformation {t!r}")
-        v = np.asarray(t[kind], dtype=float)
+        raw = t[kind]
+        if not isinstance(raw, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
+            raise LazyregError(f"path: {where}: '{kind}' must be a list of {n} numbers, got {raw!r}"[:300])
+        v = np.asarray(raw, dtype=float)
         if v.shape != (n,):
             raise LazyregError(f"path: {where} has a {kind} of {v.size} values for {n} axes")
         if kind == "scale":
@@ -132,6 +178,7 @@ def _check_complete(node: Any, where: Path) -> None:
             f"path: {where} is incomplete (interrupted write?): its multiscales metadata were never written; "
             "write it again"
         )
+    check_chunk_files(node.attrs, where)  # a store lazyreg wrote whole: refuse it if chunk files are lost
 
 
 def _members(node: Any) -> str:
@@ -139,23 +186,51 @@ def _members(node: Any) -> str:
     return f"arrays {arrays} and groups {groups}" if arrays or groups else "no arrays or groups"
 
 
-def _level_source(group_dir: Path, attrs: dict, lev: Any, spacing: Any) -> tuple[ZarrSource, str]:
+def _auto_level(group_dir: Path, paths: list[str], max_voxels: int | None) -> int:
+    """The finest level of at most ``max_voxels`` voxels (the coarsest if none is that small)."""
+    budget = AUTO_LEVEL_VOXELS if max_voxels is None else max_voxels
+    for i, p in enumerate(paths):
+        if is_zarr(group_dir / p) and int(np.prod(_open_node(group_dir / p, "path", array=True).shape)) <= budget:
+            return i
+    return len(paths) - 1
+
+
+def _transform_kind(attrs: dict, axes: list[dict]) -> str | None:
+    """What a store holds instead of an image: a displacement field (lazyreg's, or an NGFF one), or None."""
+    info = attrs.get("lazyreg_transform")
+    if isinstance(info, dict):
+        return str(info.get("type") or "transform").replace("_", " ")
+    if any(str(a.get("type", "")).lower() in ("displacement", "coordinate") for a in axes):
+        return "displacement field"
+    return None
+
+
+def _level_source(group_dir: Path, attrs: dict, lev: Any, spacing: Any, max_voxels: int | None = None) -> tuple[ZarrSource, str]:
     """The source of one level of the (first) multiscale image described by ``attrs``."""
-    ms = _multiscales(attrs)[0]
+    meta = _meta_file(group_dir)
+    ms = _multiscales(attrs, meta)[0]
     datasets = ms.get("datasets") or []
     paths = [d.get("path") for d in datasets]
     if lev is None:
         lev = 0
+    elif lev == "auto":
+        lev = _auto_level(group_dir, paths, max_voxels)
     if isinstance(lev, bool) or not isinstance(lev, (int, np.integer)) or not 0 <= lev < len(paths):
         raise LazyregError(f"level: expected an index into the {len(paths)} levels {paths} of {group_dir}, got {lev!r}")
     ds = datasets[lev]
     arr_dir = group_dir / ds["path"]
     if not is_zarr(arr_dir):
         raise LazyregError(f"path: {group_dir} lists the level '{ds['path']}' but {arr_dir} is not a zarr array")
-    arr = zarr.open_array(store=str(arr_dir), mode="r")
+    arr = _open_node(arr_dir, "path", array=True)
     axes = _axes(ms, arr.ndim)
     names = [str(a.get("name", "")).lower() for a in axes]
     where = f"{group_dir} (axes {names}, shape {arr.shape})"
+    kind = _transform_kind(attrs, axes)
+    if kind:
+        raise LazyregError(
+            f"path: {group_dir} is a {kind} (a transform), not an image: load it with "
+            f"lazyreg.load_transform('{group_dir}') (on the command line: lazyreg apply ... -t {group_dir})"
+        )
     if len(names) != arr.ndim:
         raise LazyregError(
             f"path: {group_dir} declares {len(names)} axes {names} but level '{ds['path']}' has {arr.ndim}"
@@ -168,8 +243,13 @@ def _level_source(group_dir: Path, attrs: dict, lev: Any, spacing: Any) -> tuple
             f"path: {where} has non-spatial axes of size > 1 {extra}; lazyreg reads 3D (z, y, x) images, "
             "so store each channel / time point as its own image"
         )
-    scale, shift = _compose(ds.get("coordinateTransformations"), len(names), f"{group_dir} level '{ds['path']}'")
-    s2, t2 = _compose(ms.get("coordinateTransformations"), len(names), f"{group_dir} multiscales")
+    scale, shift = _compose(ds.get("coordinateTransformations"), len(names), f"{meta}: datasets[{lev}] ('{ds['path']}')")
+    s2, t2 = _compose(ms.get("coordinateTransformations"), len(names), f"{meta}: multiscales[0]")
+    if spacing is None and not _has_scale(ds.get("coordinateTransformations"), ms.get("coordinateTransformations")):
+        raise LazyregError(
+            f"path: voxel spacing is unknown for {group_dir}: {meta.name} has no 'scale' in the "
+            f"coordinateTransformations of datasets[{lev}] ('{ds['path']}') or of the multiscale; pass spacing=(z, y, x)"
+        )
     scale, shift = scale * s2, shift * s2 + t2  # the dataset's transforms first, then the multiscale's
     idx = [names.index(d) for d in DIMS]
     if spacing is None and not np.all(scale[idx] > 0):
@@ -186,32 +266,39 @@ def _level_source(group_dir: Path, attrs: dict, lev: Any, spacing: Any) -> tuple
     return ZarrSource(arr_dir, grid, layout), units.pop() if units else "micrometer"
 
 
-def _open_node(p: Path, argname: str) -> Any:
+def _open_node(p: Path, argname: str, array: bool = False) -> Any:
     try:
-        return zarr.open(store=str(p), mode="r")
+        return zarr.open_array(store=str(p), mode="r") if array else zarr.open(store=str(p), mode="r")
     except Exception as e:  # zarr raises several types for missing / broken metadata
+        for f in (p / m for m in _META_FILES if (p / m).is_file()):
+            try:
+                json.loads(f.read_bytes())
+            except (ValueError, UnicodeDecodeError) as bad:  # JSONDecodeError is a ValueError
+                raise LazyregError(f"{argname}: {f} is not valid JSON ({type(bad).__name__}: {bad})") from None
         raise LazyregError(f"{argname}: cannot open {p} as zarr ({type(e).__name__}: {e})") from None
 
 
-def _level_paths(attrs: dict) -> list[str]:
-    ms = _multiscales(attrs)
+def _level_paths(attrs: dict, where: Any = "the store") -> list[str]:
+    ms = _multiscales(attrs, where)
     return [str(d.get("path", "")).strip("/") for d in (ms[0].get("datasets") or [])] if ms else []
 
 
-def _dataset_index(attrs: dict, path: str) -> int | None:
-    paths = _level_paths(attrs)
+def _dataset_index(attrs: dict, path: str, where: Any = "the store") -> int | None:
+    paths = _level_paths(attrs, where)
     return paths.index(path.strip("/")) if path.strip("/") in paths else None
 
 
 def _no_group(root: Path, node: Any, group: str) -> LazyregError:
     if not isinstance(node, zarr.Group):
         return LazyregError(f"group: '{group}' is not in {root}, which is an array (it has no groups)")
-    levels = _level_paths(dict(node.attrs))
+    levels = _level_paths(dict(node.attrs), _meta_file(root))
     hint = f"levels {levels}, " if levels else ""
     return LazyregError(f"group: '{group}' is not in {root}; found {hint}{_members(node)}")
 
 
-def open_zarr(path: Path, *, group: str | None, level: int | None, spacing: Any) -> tuple[ZarrSource, str]:
+def open_zarr(
+    path: Path, *, group: str | None, level: int | str | None, spacing: Any, max_voxels: int | None = None
+) -> tuple[ZarrSource, str]:
     """A source for a zarr array or an OME-Zarr multiscale level; returns ``(source, units)``.
 
     What :func:`lazyreg.open_image` calls for zarr stores (only metadata are read).
@@ -222,10 +309,13 @@ def open_zarr(path: Path, *, group: str | None, level: int | None, spacing: Any)
         A zarr array, an OME-Zarr image (group), or a level's array inside one.
     group : str or None
         A level's dataset path (e.g. ``"1"``) or a subgroup / array inside ``path``.
-    level : int or None
-        Index into the OME-Zarr multiscale datasets (default 0).
+    level : int, "auto" or None
+        Index into the OME-Zarr multiscale datasets (default 0); "auto": the finest level of at most
+        ``max_voxels`` voxels (or the coarsest).
     spacing : tuple of 3 floats or None
         Overrides the OME-Zarr scale; required for a plain array.
+    max_voxels : int, optional
+        Budget of ``level="auto"``; default :data:`AUTO_LEVEL_VOXELS`.
 
     Returns
     -------
@@ -252,9 +342,9 @@ def open_zarr(path: Path, *, group: str | None, level: int | None, spacing: Any)
     if group:
         if isinstance(node, zarr.Group):
             _check_complete(node, root)
-            i = _dataset_index(dict(node.attrs), group)
+            i = _dataset_index(dict(node.attrs), group, _meta_file(root))
             if i is not None:
-                if level is not None and level != i:
+                if level not in (None, "auto") and level != i:
                     raise LazyregError(f"level: level={level} contradicts group='{group}' (level {i}); pass one")
                 return _level_source(root, dict(node.attrs), i, spacing)
         child = root / group.strip("/")
@@ -266,12 +356,12 @@ def open_zarr(path: Path, *, group: str | None, level: int | None, spacing: Any)
         if is_zarr(parent):
             pnode = _open_node(parent, "path")
             _check_complete(pnode, parent)
-            i = _dataset_index(dict(pnode.attrs), root.name) if isinstance(pnode, zarr.Group) else None
+            i = _dataset_index(dict(pnode.attrs), root.name, _meta_file(parent)) if isinstance(pnode, zarr.Group) else None
             if i is not None:  # the array of an OME-Zarr level, given directly
-                if level is not None and level != i:
+                if level not in (None, "auto") and level != i:
                     raise LazyregError(f"level: {root} is level {i} of {parent}, not level {level}")
                 return _level_source(parent, dict(pnode.attrs), i, spacing)
-        if level is not None:
+        if level not in (None, "auto"):
             raise LazyregError(f"level: {root} is a single zarr array without multiscale levels")
         if node.ndim != 3:
             raise LazyregError(
@@ -285,12 +375,12 @@ def open_zarr(path: Path, *, group: str | None, level: int | None, spacing: Any)
         return ZarrSource(root, Grid(node.shape, spacing)), "micrometer"
     _check_complete(node, root)
     attrs = dict(node.attrs)
-    if not _multiscales(attrs):
+    if not _multiscales(attrs, _meta_file(root)):
         raise LazyregError(
             f"path: {root} is a zarr group without OME-Zarr multiscales metadata; it holds {_members(node)} "
             "(pass group= to open one)"
         )
-    return _level_source(root, attrs, level, spacing)
+    return _level_source(root, attrs, level, spacing, max_voxels)
 
 
 class OmeZarrArray(NamedTuple):
@@ -364,22 +454,28 @@ def read_ome_zarr(path: str | Path, *, level: int = 0) -> OmeZarrArray:
         raise LazyregError(f"path: {p} is a zarr array, not an OME-Zarr group")
     _check_complete(node, p)
     attrs = dict(node.attrs)
-    ms = _multiscales(attrs)
+    meta = _meta_file(p)
+    ms = _multiscales(attrs, meta)
     if not ms:
         raise LazyregError(f"path: {p} has no OME-Zarr multiscales metadata; it holds {_members(node)}")
     datasets = ms[0].get("datasets") or []
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)) or not 0 <= level < len(datasets):
         raise LazyregError(f"level: expected an index into the {len(datasets)} levels of {p}, got {level!r}")
     ds = datasets[level]
-    arr = zarr.open_array(store=str(p / ds["path"]), mode="r")
+    arr = _open_node(p / ds["path"], "path", array=True)
     axes = _axes(ms[0], arr.ndim)
     if len(axes) != arr.ndim:
         raise LazyregError(f"path: {p} declares {len(axes)} axes but its array has {arr.ndim} dimensions")
-    scale, shift = _compose(ds.get("coordinateTransformations"), arr.ndim, str(p))
-    s2, t2 = _compose(ms[0].get("coordinateTransformations"), arr.ndim, str(p))
+    scale, shift = _compose(ds.get("coordinateTransformations"), arr.ndim, f"{meta}: datasets[{level}]")
+    s2, t2 = _compose(ms[0].get("coordinateTransformations"), arr.ndim, f"{meta}: multiscales[0]")
+    if not _has_scale(ds.get("coordinateTransformations"), ms[0].get("coordinateTransformations")):
+        raise LazyregError(f"path: {meta} has no 'scale' in the coordinateTransformations of datasets[{level}]; the spacing is unknown")
     mtime = file_stamp(p / ds["path"])
-    data = da.from_zarr(arr, name="lazyreg-omezarr-" + tokenize(str(p), ds["path"], mtime))
-    others = {k: v for k, v in attrs.items() if k not in ("ome", "multiscales", WRITE_MARKER)}
+    native = getattr(arr, "shards", None) or arr.chunks
+    reader = ChunkNamingArray(arr, native, partial(_chunk_name, arr, p / ds["path"]), str(p / ds["path"]))
+    name = "lazyreg-omezarr-" + tokenize(str(p), ds["path"], mtime)
+    data = da.from_array(reader, chunks=arr.chunks, name=name, asarray=False, fancy=False, meta=np.empty((0,) * arr.ndim, arr.dtype))
+    others = {k: v for k, v in attrs.items() if k not in ("ome", "multiscales", WRITE_MARKER, CHUNKS_ATTR)}
     return OmeZarrArray(
         data,
         tuple(str(a.get("name")) for a in axes),

@@ -124,6 +124,24 @@ def _auto_shrink(g: Grid) -> tuple[int, ...]:
     return tuple(f for f in AUTO_SHRINK if f == 1 or n // f >= AUTO_MIN_VOXELS)
 
 
+def _check_shrink(factors: list[int], g: Grid, name: str) -> None:
+    """Every level must keep at least 2 voxels along every axis (the same factor shrinks all axes);
+    factor 1 does not shrink, so it is fine on a 1-voxel axis too. The advice names the largest
+    factor that ``g`` allows."""
+    f_max = max(factors)
+    n = min(g.shape)
+    if f_max == 1 or n // f_max >= 2:
+        return
+    axis = "zyx"[int(np.argmin(g.shape))]
+    allowed = max(1, n // 2)
+    fixed_up = tuple(dict.fromkeys(min(f, allowed) for f in factors))
+    raise LazyregError(
+        f"shrink_factors: factor {f_max} leaves fewer than 2 voxels ({n // f_max}) along axis {axis} of {name} {g.shape} "
+        f"(every axis is shrunk by the same factor; a level needs at least 2 voxels per axis, or no shrinking); the "
+        f"largest factor {name} allows is {allowed}: use shrink_factors={fixed_up}, or None for automatic ones"
+    )
+
+
 def level_plan(o: Mapping[str, Any], g: Grid) -> list[tuple[int, float, float | None]]:
     """(shrink factor, smoothing sigma, sampling percentage or None = automatic) per level."""
     factors = o["shrink_factors"] or _auto_shrink(g)
@@ -274,12 +292,7 @@ def run_levels(
     transform = make_transform(F)
     plan = level_plan(o, gf)
     for name, g in (("fixed", gf), ("moving", gm)):
-        f_max = max(f for f, _, _ in plan)
-        if min(g.shape) // f_max < 2:
-            raise LazyregError(
-                f"shrink_factors: factor {f_max} leaves fewer than 2 voxels along the shortest axis of "
-                f"{name} {g.shape}; use smaller factors (or None for automatic ones)"
-            )
+        _check_shrink([f for f, _, _ in plan], g, name)
     levels: list[dict] = []
     for k, (f, s, pct) in enumerate(plan):
         t0 = time.perf_counter()

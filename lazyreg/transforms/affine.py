@@ -10,12 +10,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import LazyregError
-from ..validation import check_points
+from ..validation import MAX_CONDITION, affine_condition, check_points
 
 __all__ = ["Affine", "rotation_matrices", "as_matrix"]
 
-#: A linear part whose condition number exceeds this is treated as singular.
-_MAX_CONDITION = 1e12
 _LAST_ROW = np.array([0.0, 0.0, 0.0, 1.0])
 
 
@@ -94,8 +92,8 @@ def _inv(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
     if not np.all(np.isfinite(m)):
         raise LazyregError("matrix: contains NaN or infinite values, so it is not invertible")
-    cond = np.linalg.cond(m[:3, :3])
-    if not np.isfinite(cond) or cond > _MAX_CONDITION:
+    cond = affine_condition(m)
+    if cond > MAX_CONDITION:
         raise LazyregError(f"matrix: the affine matrix is not invertible (linear part singular, condition {cond:.3g})")
     out = np.eye(4)
     inv3 = np.linalg.inv(m[:3, :3])
