@@ -14,13 +14,13 @@ from typing import Any, Sequence
 
 import dask
 import numpy as np
-from dask.utils import format_bytes, parse_bytes
+from dask.utils import format_bytes
 
 from .errors import LazyregError, LazyregWarning
 from .images import Grid
 from .io.source import chunk_cache_bytes
 from .transforms.affine import Affine
-from .validation import MAX_CONDITION, affine_condition
+from .validation import MAX_CONDITION, affine_condition, config_number
 
 __all__ = [
     "check_fill_value",
@@ -83,19 +83,6 @@ def check_fill_value(fill_value: Any, dtype: np.dtype) -> float:
     return fill
 
 
-def _config_int(key: str, default: int) -> int:
-    value = dask.config.get(key, None)
-    if value is None:
-        return default
-    try:
-        n = parse_bytes(value) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError) as e:
-        raise LazyregError(f"dask config {key}: expected a number (e.g. 536870912 or '512 MiB'), got {value!r}") from e
-    if n < 1:
-        raise LazyregError(f"dask config {key}: must be >= 1, got {value!r}")
-    return int(n)
-
-
 def _about_4mib(shape: Sequence[int], dtype: np.dtype) -> tuple:
     side = max(1, round((4 * 2**20 / np.dtype(dtype).itemsize) ** (1 / 3)))
     return tuple(min(side, int(n)) for n in shape)
@@ -130,7 +117,7 @@ def check_output_chunks(chunks: Sequence[Sequence[int]], dtype: np.dtype, reques
     itemsize = np.dtype(dtype).itemsize
     ntasks = math.prod(len(c) for c in chunks)
     largest = math.prod(max(c) for c in chunks) * itemsize
-    limit = _config_int("lazyreg.max-small-chunk-tasks", MAX_SMALL_CHUNK_TASKS)
+    limit = config_number("lazyreg.max-small-chunk-tasks", MAX_SMALL_CHUNK_TASKS, minimum=1)
     if ntasks > limit and largest < SMALL_CHUNK_BYTES:
         shape = [sum(c) for c in chunks]
         better = _about_4mib(shape, dtype)
@@ -204,7 +191,7 @@ def max_region_bytes() -> int:
     ...     max_region_bytes()
     1073741824
     """
-    return _config_int("lazyreg.max-region-bytes", REGION_CACHE_FACTOR * max(1, chunk_cache_bytes()))
+    return config_number("lazyreg.max-region-bytes", REGION_CACHE_FACTOR * max(1, chunk_cache_bytes()), minimum=1)
 
 
 def check_region_bytes(region: Sequence[slice], itemsize: int, out: Grid, bound: int) -> None:

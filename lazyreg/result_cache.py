@@ -39,6 +39,7 @@ from typing import Any, Callable
 import dask
 
 from .errors import LazyregError
+from .validation import config_number
 
 __all__ = ["Ref", "Deferred", "cached_call", "cache_info", "clear_cache", "result_cache_bytes", "RESULT_CACHE_BYTES", "compute_together"]
 
@@ -107,18 +108,7 @@ def result_cache_bytes() -> int:
     ...     result_cache_bytes()
     1073741824
     """
-    from dask.utils import parse_bytes
-
-    value = dask.config.get("lazyreg.result-cache-bytes", None)
-    if value is None:
-        return RESULT_CACHE_BYTES
-    try:
-        n = parse_bytes(value) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError) as e:
-        raise LazyregError(f"dask config lazyreg.result-cache-bytes: expected bytes (e.g. '1 GiB'), got {value!r}") from e
-    if n < 0:
-        raise LazyregError(f"dask config lazyreg.result-cache-bytes: must be >= 0, got {value!r}")
-    return int(n)
+    return config_number("lazyreg.result-cache-bytes", RESULT_CACHE_BYTES)
 
 
 def _nbytes(value: Any) -> int:

@@ -283,3 +283,30 @@ def check_points(points: Any, argname: str = "points") -> np.ndarray:
     if p.ndim not in (1, 2) or p.shape[-1] != 3:
         raise LazyregError(f"{argname}: expected shape (N, 3) or (3,) in (z, y, x) order, got {p.shape}")
     return p
+
+
+def config_number(key: str, default: int, minimum: int = 0) -> int:
+    """A size or count from dask config ``key`` (a number, or bytes like ``"512 MiB"``), else ``default``.
+
+    Examples
+    --------
+    >>> import dask
+    >>> with dask.config.set({"lazyreg.example-bytes": "1 KiB"}):
+    ...     config_number("lazyreg.example-bytes", 0)
+    1024
+    >>> config_number("lazyreg.example-bytes", 7)
+    7
+    """
+    import dask
+    from dask.utils import parse_bytes
+
+    value = dask.config.get(key, None)
+    if value is None:
+        return int(default)
+    try:
+        n = parse_bytes(value) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise LazyregError(f"dask config {key}: expected a number or a size (e.g. 536870912 or '512 MiB'), got {value!r}") from None
+    if n < minimum:
+        raise LazyregError(f"dask config {key}: must be >= {minimum}, got {value!r}")
+    return int(n)
