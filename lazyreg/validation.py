@@ -37,6 +37,8 @@ __all__ = [
     "affine_condition",
     "check_positive_ints",
     "check_points",
+    "config_number",
+    "short_repr",
 ]
 
 
@@ -84,12 +86,12 @@ def check_int(value: Any, argname: str, minimum: int | None = None, maximum: int
     lazyreg.errors.LazyregError: nspots: expected an integer, got 2.5
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise LazyregError(f"{argname}: expected an integer, got {value!r}")
+        raise LazyregError(f"{argname}: expected an integer, got {short_repr(value)}")
     v = int(value)
     if minimum is not None and v < minimum:
-        raise LazyregError(f"{argname}: expected an integer >= {minimum}, got {value!r}")
+        raise LazyregError(f"{argname}: expected an integer >= {minimum}, got {short_repr(value)}")
     if maximum is not None and v > maximum:
-        raise LazyregError(f"{argname}: expected an integer <= {maximum}, got {value!r}")
+        raise LazyregError(f"{argname}: expected an integer <= {maximum}, got {short_repr(value)}")
     return v
 
 
@@ -126,8 +128,8 @@ def check_number(
     if bad:
         left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
         if math.isinf(lo) and math.isinf(hi):
-            raise LazyregError(f"{argname}: expected a finite number, got {value!r}")
-        raise LazyregError(f"{argname}: expected a number in {left}{lo:g}, {hi:g}{right}, got {value!r}")
+            raise LazyregError(f"{argname}: expected a finite number, got {short_repr(value)}")
+        raise LazyregError(f"{argname}: expected a number in {left}{lo:g}, {hi:g}{right}, got {short_repr(value)}")
     return v
 
 
@@ -148,6 +150,22 @@ def check_seed(seed: Any, argname: str = "seed") -> int:
     return int(seed)
 
 
+def short_repr(value: Any) -> str:
+    """``repr(value)`` for an error message, or its type and shape when that would flood it (an image).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> short_repr((1, 2)), short_repr(np.zeros((50, 50)))
+    ('(1, 2)', 'a ndarray of shape (50, 50)')
+    """
+    text = repr(value)
+    if len(text) <= 80:
+        return text
+    shape = getattr(value, "shape", None)
+    return f"a {type(value).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
+
+
 def check_triple(value: Any, argname: str, what: str = "values") -> tuple[float, float, float]:
     """A number or 3 numbers (z, y, x), broadcast to a finite float triple.
 
@@ -165,7 +183,7 @@ def check_triple(value: Any, argname: str, what: str = "values") -> tuple[float,
     except (TypeError, ValueError):
         arr = None
     if arr is None or arr.ndim > 1 or (arr.ndim == 1 and arr.size != 3):
-        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x) for {what}, got {value!r}")
+        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x) for {what}, got {short_repr(value)}")
     arr = np.broadcast_to(arr, (3,))
     if not np.all(np.isfinite(arr)):
         raise LazyregError(f"{argname}: {what} must be finite, got {tuple(arr.tolist())}")
@@ -258,9 +276,9 @@ def check_positive_ints(value: Any, argname: str) -> tuple[int, ...]:
     try:
         vals = [float(v) for v in arr.ravel()]
     except (TypeError, ValueError):
-        raise LazyregError(f"{argname}: expected positive integers, got {value!r}") from None
+        raise LazyregError(f"{argname}: expected positive integers, got {short_repr(value)}") from None
     if arr.ndim != 1 or not vals or any(v < 1 or not v.is_integer() for v in vals):
-        raise LazyregError(f"{argname}: expected a non-empty sequence of positive integers, got {value!r}")
+        raise LazyregError(f"{argname}: expected a non-empty sequence of positive integers, got {short_repr(value)}")
     return tuple(int(v) for v in vals)
 
 
@@ -306,7 +324,7 @@ def config_number(key: str, default: int, minimum: int = 0) -> int:
     try:
         n = parse_bytes(value) if isinstance(value, str) else int(value)
     except (TypeError, ValueError):
-        raise LazyregError(f"dask config {key}: expected a number or a size (e.g. 536870912 or '512 MiB'), got {value!r}") from None
+        raise LazyregError(f"dask config {key}: expected a number or a size (e.g. 536870912 or '512 MiB'), got {short_repr(value)}") from None
     if n < minimum:
-        raise LazyregError(f"dask config {key}: must be >= {minimum}, got {value!r}")
+        raise LazyregError(f"dask config {key}: must be >= {minimum}, got {short_repr(value)}")
     return int(n)

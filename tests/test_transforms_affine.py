@@ -333,3 +333,10 @@ def test_lazy_report_is_computed_alongside():
     assert A.matrix.numblocks == (1, 1)
     C = A.compute()
     assert C.report == {"score": 0.5}
+
+
+def test_an_image_passed_as_a_centre_is_named_briefly_in_the_error():
+    img = lazyreg.image(np.zeros((20, 20, 20)), 1.0)
+    with pytest.raises(LazyregError) as e:
+        lazyreg.Affine.from_parameters(center=img)
+    assert str(e.value) == "center: expected a number or 3 numbers (z, y, x), got a DataArray of shape (20, 20, 20)"

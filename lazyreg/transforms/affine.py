@@ -10,7 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import LazyregError
-from ..validation import MAX_CONDITION, affine_condition, check_points
+from ..validation import MAX_CONDITION, affine_condition, check_points, short_repr
 
 __all__ = ["Affine", "rotation_matrices", "as_matrix"]
 
@@ -22,9 +22,9 @@ def _vector3(value: Any, argname: str) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x), got {value!r}") from None
+        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x), got {short_repr(value)}") from None
     if arr.ndim > 1 or (arr.ndim == 1 and arr.size != 3):
-        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x), got {value!r}")
+        raise LazyregError(f"{argname}: expected a number or 3 numbers (z, y, x), got {short_repr(value)}")
     arr = np.broadcast_to(arr, (3,)).copy()
     if not np.all(np.isfinite(arr)):
         raise LazyregError(f"{argname}: expected finite numbers, got {tuple(arr.tolist())}")
