@@ -336,7 +336,9 @@ def test_lazy_report_is_computed_alongside():
 
 
 def test_an_image_passed_as_a_centre_is_named_briefly_in_the_error():
-    img = lazyreg.image(np.zeros((20, 20, 20)), 1.0)
+    from lazyreg import image
+
+    img = image(np.zeros((20, 20, 20)), 1.0)
     with pytest.raises(LazyregError) as e:
-        lazyreg.Affine.from_parameters(center=img)
+        Affine.from_parameters(center=img)
     assert str(e.value) == "center: expected a number or 3 numbers (z, y, x), got a DataArray of shape (20, 20, 20)"
