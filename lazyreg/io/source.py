@@ -30,6 +30,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import LazyregError
 from ..images import Grid, image
+from ..validation import config_number
 from .selection import store_indices
 
 __all__ = [
@@ -241,18 +242,7 @@ def chunk_cache_bytes() -> int:
     ...     chunk_cache_bytes()
     536870912
     """
-    from dask.utils import parse_bytes
-
-    value = dask.config.get("lazyreg.chunk-cache-bytes", None)
-    if value is None:
-        return CHUNK_CACHE_BYTES
-    try:
-        n = parse_bytes(value) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError) as e:
-        raise LazyregError(f"dask config lazyreg.chunk-cache-bytes: expected bytes (e.g. 536870912 or '512 MiB'), got {value!r}") from e
-    if n < 0:
-        raise LazyregError(f"dask config lazyreg.chunk-cache-bytes: must be >= 0, got {value!r}")
-    return int(n)
+    return config_number("lazyreg.chunk-cache-bytes", CHUNK_CACHE_BYTES)
 
 
 def from_source(
