@@ -7,7 +7,9 @@ resamples the same moving image with ``ants.apply_transforms`` in both list orde
 ``lazyreg.apply_transform(fixed, moving, [A, D])``, and prints which ANTs order agrees. Needs
 ``pip install 'lazyreg[compare]'`` (antspyx). Results: ``benchmarks/results/check_ants_order.json``.
 
-Run: ``.venv/bin/python benchmarks/check_ants_order.py``
+Run: ``.venv/bin/python benchmarks/check_ants_order.py``; ``--write-test-data DIR`` also keeps, for a
+small pair, every file ANTs wrote or produced (inputs, transforms, both resampled outputs), which
+``tests/test_interop_ants.py`` checks lazyreg against without ANTs installed.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import lazyreg  # noqa: E402
 from lazyreg.images import grid_of  # noqa: E402
 
 SHAPE, SPACING, ORIGIN = (24, 40, 48), (2.0, 1.0, 0.75), (3.0, -5.0, 10.0)
+SMALL_SHAPE = (12, 20, 24)
 
 
-def main() -> dict:
+def main(test_data: Path | None = None) -> dict:
     import ants
 
-    fixed, moving, _ = lazyreg.data.synthetic_pair(SHAPE, seed=3)
+    shape = SMALL_SHAPE if test_data else SHAPE
+    fixed, moving, _ = lazyreg.data.synthetic_pair(shape, seed=3)
     fixed = lazyreg.image(fixed.values.astype(np.float32), SPACING, ORIGIN)
     moving = lazyreg.image(moving.values.astype(np.float32), SPACING, ORIGIN)
     A = lazyreg.Affine.from_parameters(rotation=(4.0, -3.0, 6.0), translation=(2.0, -1.5, 3.0),
@@ -41,12 +45,14 @@ def main() -> dict:
     D = lazyreg.DisplacementField.from_array(values.astype(np.float32), SPACING, ORIGIN)
 
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = Path(tmp) if test_data is None else Path(test_data)
+        tmp.mkdir(parents=True, exist_ok=True)
         m = np.asarray(A.matrix)
         tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, matrix=m[:3, :3][::-1, ::-1],
                                         translation=m[:3, 3][::-1], center=(0.0, 0.0, 0.0))
         ants.write_transform(tx, str(tmp / "affine.mat"))
         lazyreg.save_transform(D, tmp / "warp.nii.gz")
+        ants.image_write(ants.image_read(str(tmp / "warp.nii.gz")), str(tmp / "warp.nii.gz"))  # written by ANTs
         # lazyreg reads both files back as what they were written from
         A_back, D_back = lazyreg.load_transform(tmp / "affine.mat"), lazyreg.load_transform(tmp / "warp.nii.gz")
         assert A_back.allclose(A, atol=1e-6) and np.allclose(D_back.values, D.values, atol=1e-5)
@@ -59,6 +65,11 @@ def main() -> dict:
         for label, order in (("[warp, affine]", ["warp.nii.gz", "affine.mat"]), ("[affine, warp]", ["affine.mat", "warp.nii.gz"])):
             out = ants.apply_transforms(F, M, [str(tmp / n) for n in order], interpolator="linear")
             results[label] = out.numpy().transpose(2, 1, 0)
+            if test_data is not None:
+                ants.image_write(out, str(tmp / ("ants_" + "_".join(n.split(".")[0] for n in order) + ".nii.gz")))
+        if test_data is not None:
+            ants.image_write(F, str(tmp / "fixed.nii.gz"))
+            ants.image_write(M, str(tmp / "moving.nii.gz"))
     ours = lazyreg.apply_transform(fixed, moving, [A, D], order=1).values
     inner = (slice(3, -3),) * 3
     scale = float(np.abs(moving.values).max())
@@ -77,4 +88,8 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-test-data", type=Path, default=None, metavar="DIR")
+    main(parser.parse_args().write_test_data)
