@@ -58,3 +58,22 @@ def test_align_series_arguments_are_checked_before_anything_runs(rounds, tmp_pat
     assert "unknown step 'afine'" in capsys.readouterr().err
     assert main(base[:2] + ["-o", str(tmp_path / "o")]) == 2  # no MOVING
     assert not (tmp_path / "o").exists()
+
+
+def test_info_and_apply_take_a_multichannel_store(tmp_path, capsys):
+    import xarray as xr
+
+    f = lazyreg.image(np.arange(8 * 16 * 16, dtype=np.uint16).reshape(8, 16, 16), (2.0, 1.0, 1.0))
+    m = xr.DataArray(np.stack([f.values, f.values // 2]), dims=("c", "z", "y", "x"), coords={"c": ["dapi", "gfp"], **f.coords}, attrs=f.attrs)
+    lazyreg.to_zarr(f, tmp_path / "f.ome.zarr")
+    lazyreg.to_zarr(m, tmp_path / "m.ome.zarr")
+    assert main(["info", str(tmp_path / "m.ome.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "('c', 'z', 'y', 'x')" in out and "['dapi', 'gfp']" in out
+    lazyreg.save_transform(lazyreg.Affine.from_translation((0.0, 0.0, 1.0)), tmp_path / "a.txt")
+    argv = ["apply", str(tmp_path / "f.ome.zarr"), str(tmp_path / "m.ome.zarr"), "-t", str(tmp_path / "a.txt"),
+            "-o", str(tmp_path / "o.ome.zarr"), "--scheduler", "threads"]
+    assert main(argv) == 0
+    got = lazyreg.open_image(tmp_path / "o.ome.zarr")
+    assert got.dims == ("c", "z", "y", "x") and list(got.c.values) == ["dapi", "gfp"]
+    np.testing.assert_array_equal(got.sel(c="gfp").values[:, :, :-1], m.sel(c="gfp").values[:, :, 1:])

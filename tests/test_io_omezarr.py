@@ -267,8 +267,7 @@ def test_write_and_read_a_vector_field_with_a_channel_axis(tmp_path):
     np.testing.assert_array_equal(r.data.compute(), field)
     ms = json.loads((out / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
     assert ms["axes"][0] == {"name": "c", "type": "channel"}
-    with pytest.raises(LazyregError, match="non-spatial axes of size > 1"):
-        open_image(out)  # a 3-channel array is not an image
+    assert open_image(out).dims == ("c", "z", "y", "x")  # read as a 3-channel image (issue 15)
     with pytest.raises(LazyregError, match="axes"):
         write_ome_zarr(field, tmp_path / "g.ome.zarr", axes="zyx", scale=1.0)
     with pytest.raises(LazyregError, match="scale: expected finite positive values"):
@@ -337,8 +336,8 @@ def test_read_hand_written_ome_05_drops_size_one_t_and_c(tmp_path):
 
     two = tmp_path / "two_channels.zarr"
     _write_ome_05(two, np.stack([values, values])[None], axes, [1.0] * 5, [0.0] * 5)
-    with pytest.raises(LazyregError, match=r"non-spatial axes of size > 1 \[\('c', 2\)\]"):
-        open_image(two)
+    both = open_image(two)  # the channel axis is kept (issue 15; tests/test_io_channels.py)
+    assert both.dims == ("c", "z", "y", "x") and both.c.values.tolist() == [0, 1]
 
 
 def test_axes_are_mapped_to_zyx_by_name(tmp_path):

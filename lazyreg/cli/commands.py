@@ -72,6 +72,8 @@ def info_command(args: argparse.Namespace) -> None:
     units = desc["units"] or ""
     print(f"path     {path}" + (f" (group {group})" if group else ""))
     print(f"dims     {tuple(img.dims)}")
+    for d, values in desc.get("non_spatial", {}).items():
+        print(f"{d:<8s} {values}")
     print(f"shape    {tuple(desc['shape'])}")
     print(f"dtype    {desc['dtype']}")
     print(f"spacing  {tuple(desc['spacing'])} {units}".rstrip())

@@ -208,15 +208,20 @@ def describe(img: Any, spec: str) -> dict:
     """
     from ..images import grid_of
 
-    g = grid_of(img)
+    spatial, other = img, {}
+    for d in [d for d in img.dims if d not in ("z", "y", "x")]:  # channels, time points
+        other[d] = [v.item() for v in img[d].values] if d in img.coords else list(range(img.sizes[d]))
+        spatial = spatial.isel({d: 0})
+    g = grid_of(spatial)
     return {
         "path": spec,
-        "shape": list(g.shape),
+        "shape": list(img.shape),
         "spacing": list(g.spacing),
         "origin": list(g.origin),
         "dtype": str(img.dtype),
         "chunks": list(img.data.chunksize),
         "units": img.attrs.get("units"),
+        **({"non_spatial": other} if other else {}),
     }
 
 

@@ -30,7 +30,8 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import LazyregError
-from ..images import DIMS, grid_of, validate_image
+from ..images import DIMS
+from .channels import per_channel_chunks, write_layout
 from .chunk_files import CHUNKS_ATTR, chunk_record
 from .locks import WriteLock, acquire_lock
 from .pyramid import level_tasks, pyramid_plan
@@ -133,6 +134,7 @@ def write_ome_zarr(
     attrs: dict | None = None,
     levels: int | str = 1,
     format: str | None = None,
+    omero: dict | None = None,
 ) -> Path | Any:
     """Stream an N-D array to an OME-Zarr image (0.5 on zarr v3, or 0.4 on zarr v2; zstd level 1).
 
@@ -172,6 +174,9 @@ def write_ome_zarr(
     format : {"0.5", "0.4"}, optional
         OME-Zarr version: "0.5" (zarr v3) or "0.4" (zarr v2, ``/``-separated chunk keys, for tools on
         zarr 2). Default: the dask config ``lazyreg.ome-zarr-version``, else "0.5".
+    omero : dict, optional
+        OME ``omero`` metadata (e.g. ``{"channels": [{"label": ..., "color": ..., "window": ...}]}``),
+        stored under ``"ome"`` (0.5) or at the top (0.4).
 
     Returns
     -------
@@ -203,7 +208,7 @@ def write_ome_zarr(
     scale_l = _per_axis(scale, axes, 1.0, "scale")
     trans_l = _per_axis((0.0,) * len(axes) if translation is None else translation, axes, 0.0, "translation")
     plan = pyramid_plan(arr.shape, scale_l, levels, [a in DIMS for a in axes])
-    final = _group_attrs(axes, _datasets(scale_l, trans_l, plan), units, name, attrs, version)  # checked first
+    final = _group_attrs(axes, _datasets(scale_l, trans_l, plan), units, name, attrs, version, omero)  # checked first
     lock = _lock(path)
     try:
         prepare_target(path, overwrite, arr)
@@ -296,14 +301,16 @@ def _datasets(scale: list[float], translation: list[float], plan: list[tuple[int
     return out
 
 
-def _group_attrs(axes: tuple[str, ...], datasets: list[dict], units: Any, name: str | None, attrs: dict | None, version: str) -> dict:
-    """The group's final attributes: OME-Zarr ``multiscales`` (0.5 under ``"ome"``, 0.4 at the top), and ``attrs``."""
+def _group_attrs(axes: tuple[str, ...], datasets: list[dict], units: Any, name: str | None, attrs: dict | None, version: str,
+                 omero: dict | None = None) -> dict:
+    """The group's final attributes: OME-Zarr ``multiscales`` (0.5 under ``"ome"``, 0.4 at the top), ``omero``, and ``attrs``."""
     multiscale: dict = {"axes": _axes_meta(axes, units), "datasets": datasets}
     if name:
         multiscale["name"] = str(name)
+    extra = {"omero": omero} if omero else {}
     if version == "0.4":  # an "ome" entry of ``attrs`` is OME-Zarr 0.5 metadata: not in a 0.4 store
-        return {"multiscales": [{"version": "0.4", **multiscale}], **{k: v for k, v in (attrs or {}).items() if k != "ome"}}
-    return {"ome": {"version": "0.5", "multiscales": [multiscale]}, **(attrs or {})}
+        return {"multiscales": [{"version": "0.4", **multiscale}], **extra, **{k: v for k, v in (attrs or {}).items() if k != "ome"}}
+    return {"ome": {"version": "0.5", "multiscales": [multiscale], **extra}, **(attrs or {})}
 
 
 def _create_array(group: Any, key: str, shape: Sequence[int], chunks: Sequence[int], dtype: Any, axes: tuple[str, ...]) -> Any:
@@ -378,7 +385,10 @@ def to_zarr(
     Parameters
     ----------
     img : xarray.DataArray
-        A lazyreg image, dask-backed or in memory.
+        A lazyreg image, dask-backed or in memory: dims ``(z, y, x)``, or with time / channel dims
+        ``(c, z, y, x)``, ``(t, z, y, x)``, ``(t, c, z, y, x)`` (axes typed time / channel; the
+        channel names of the ``c`` coordinate go to the OME ``omero`` metadata, so that napari and
+        Fiji show them; the ``t`` coordinate's step and ``attrs["units"]`` to the time axis).
     path : str or Path
         Target folder: a zarr group with full resolution at ``path/0`` (zstd; zarr v3 with dimension
         names z, y, x, or zarr v2 with ``format="0.4"``) and level ``k`` at ``path/k``.
@@ -443,17 +453,16 @@ def to_zarr(
     ...     low.shape, lazyreg.spacing(low), lazyreg.origin(low)
     ((4, 4, 4), (2.0, 2.0, 2.0), (5.0, 0.5, 0.5))
     """
-    validate_image(img, "img")
-    g = grid_of(img, "img")
+    layout = write_layout(img, "img")  # (t, c, z, y, x) axes, scale, translation, units, omero channels
     if name is None and img.name is not None and img.name != getattr(img.data, "name", None):
         name = str(img.name)  # not the dask key that xarray adopts as the name of an unnamed array
+    data, nlead = img.data, len(layout["axes"]) - 3
+    if nlead:  # a chunk per channel / time point
+        data, chunks = per_channel_chunks(data, chunks, nlead)
     return write_ome_zarr(
-        img.data,
+        data,
         path,
-        axes=DIMS,
-        scale=g.spacing,
-        translation=g.origin,
-        units=img.attrs.get("units", "micrometer"),
+        **layout,
         chunks=chunks,
         overwrite=overwrite,
         compute=compute,

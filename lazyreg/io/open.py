@@ -14,7 +14,7 @@ import xarray as xr
 from ..errors import LazyregError
 from ..validation import check_spacing
 from .n5 import is_n5, open_n5
-from .source import from_source
+from .channels import stack_image
 from .tiff import TiffSource, is_tiff
 from .xarray_store import open_xarray_store
 from .zarr_read import AUTO_LEVEL_VOXELS, is_zarr, open_zarr
@@ -90,6 +90,8 @@ def open_image(
     spacing: Any = None,
     name: str | None = None,
     max_voxels: int | None = None,
+    channel: int | str | None = None,
+    time: int | None = None,
 ) -> xr.DataArray:
     """Open an image on disk as a lazy, dask-backed lazyreg image (only metadata are read).
 
@@ -109,7 +111,7 @@ def open_image(
         on a level that fits in memory, as multiview-stitcher chooses its registration binning;
         transforms are in physical units, so they apply to the full-resolution images as they are.
     chunks : optional
-        dask chunks; default the chunks on disk (N5 blocks transposed to zyx, zarr chunks or shards;
+        dask chunks (z, y, x); default the chunks on disk (N5 blocks transposed to zyx, zarr chunks or shards;
         for TIFF, pages or tiles grouped to about 32 MiB).
     spacing : float or 3 floats, optional
         Voxel spacing (z, y, x) overriding the metadata; required when the file has none.
@@ -118,18 +120,28 @@ def open_image(
     max_voxels : int, optional
         Voxel budget of ``level="auto"``; default the dask config ``lazyreg.auto-level-voxels``, else
         16 Mi (16 777 216) voxels.
+    channel : str or int, optional
+        Of an OME-Zarr image with a channel axis: the channel to open, by name (OME ``omero``
+        label) or index; the ``c`` dim is then dropped (the name goes to ``attrs["channel"]``) and
+        the image is a plain 3D one that tasks read only that channel of. Default: every channel.
+    time : int, optional
+        Of an OME-Zarr image with a time axis: the index of the time point to open (dropping ``t``).
 
     Returns
     -------
     xarray.DataArray
         Dims ``("z", "y", "x")`` with physical coordinates (voxel centres) and ``attrs["units"]``;
-        chunks are read on demand, also from dask.distributed workers.
+        chunks are read on demand, also from dask.distributed workers. An OME-Zarr image with time
+        / channel axes of size > 1 keeps them first, ``("t", "c", "z", "y", "x")`` (those present),
+        with the channel names as the ``c`` coordinate (else 0..n-1) and the times as the ``t``
+        coordinate (from the axis scale and unit); axes of size 1 are dropped.
 
     Raises
     ------
     LazyregError
         Missing path, unknown format, unknown group or level, unknown spacing, an interrupted write,
-        a displacement field (to open with :func:`lazyreg.load_transform`).
+        a displacement field (to open with :func:`lazyreg.load_transform`), an unknown channel
+        name (the names are listed) or an index out of range.
 
     Examples
     --------
@@ -152,6 +164,14 @@ def open_image(
     >>> fix = lazyreg.open_image("../shared/data/tutorial/fix.n5", group="lowres")  # doctest: +SKIP
     >>> fix.shape, lazyreg.spacing(fix)                                            # doctest: +SKIP
     ((149, 241, 456), (1.68, 1.84, 1.84))
+
+    Channels: every one, or one by name (tasks then read only its chunks):
+
+    >>> two = lazyreg.image(np.zeros((4, 8, 8), "uint16"), 1.0).expand_dims(c=["DAPI", "GFP"])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = lazyreg.to_zarr(two, f"{d}/two.ome.zarr")
+    ...     lazyreg.open_image(path).dims, lazyreg.open_image(path, channel="GFP").dims
+    (('c', 'z', 'y', 'x'), ('z', 'y', 'x'))
     """
     if not isinstance(path, (str, os.PathLike)):
         raise LazyregError(f"path: expected a str or path, got {type(path).__name__}")
@@ -181,4 +201,5 @@ def open_image(
         raise LazyregError(
             f"path: {p} is not a format lazyreg reads (N5, zarr / OME-Zarr, or TIFF); found {_describe(p)}"
         )
-    return from_source(src, chunks=chunks, name=_default_name(p) if name is None else name, units=units)
+    return stack_image(src, getattr(src, "lead", ()), channel=channel, time=time, chunks=chunks,
+                       name=_default_name(p) if name is None else name, units=units, where=str(p))

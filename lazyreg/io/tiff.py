@@ -190,8 +190,10 @@ class TiffSource(HandleSource):
             raise LazyregError(f"path: cannot read {self.path} as TIFF ({type(e).__name__}: {e})") from None
         if axes[-2:] != "YX" or len(axes) > 3 or (len(axes) == 3 and axes[0] not in _PLANE_AXES):
             raise LazyregError(
-                f"path: {self.path} holds a series with axes '{axes}' and shape {shape}; lazyreg reads 3D "
-                "(z, y, x) stacks of single-channel planes"
+                f"path: {self.path} holds a series with axes '{axes}' and shape {shape}; lazyreg reads TIFF "
+                "files as 3D (z, y, x) stacks of single-channel planes (open_image's channel= and time= select "
+                "channels and time points of OME-Zarr images: convert it, e.g. with bioformats2raw, or save "
+                "one TIFF per channel)"
             )
         self._planar = len(shape) == 2
         if self._planar:

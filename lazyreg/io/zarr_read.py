@@ -1,7 +1,8 @@
 """Reading zarr arrays (v2, v3) and OME-Zarr 0.4 / 0.5 multiscale images, lazily.
 
-:func:`open_zarr` finds the 3D (z, y, x) level of a zarr array or OME-Zarr image for
-:func:`lazyreg.open_image`; :func:`read_ome_zarr` opens any OME-Zarr image as an N-D dask array with
+:func:`open_zarr` finds the level of a zarr array or OME-Zarr image for
+:func:`lazyreg.open_image` (its time / channel axes in the source's ``lead``, see
+:mod:`lazyreg.io.channels`); :func:`read_ome_zarr` opens any OME-Zarr image as an N-D dask array with
 its axes and transforms (e.g. displacement fields). A store whose group still carries the
 :data:`WRITE_MARKER` attribute of an interrupted :mod:`lazyreg.io.omezarr` write is refused.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -21,8 +22,10 @@ from dask.base import tokenize
 from ..errors import LazyregError
 from ..images import DIMS, Grid
 from .chunk_files import CHUNKS_ATTR, check_chunk_files
-from .read_errors import ChunkNamingArray, read_naming_chunk
-from .source import HandleSource, file_stamp
+from .channels import lead_axes
+from .read_errors import ChunkNamingArray
+from .source import file_stamp
+from .zarr_source import ZarrSource, chunk_name
 
 __all__ = ["ZarrSource", "OmeZarrArray", "is_zarr", "open_zarr", "read_ome_zarr", "AUTO_LEVEL_VOXELS"]
 
@@ -47,68 +50,6 @@ def is_zarr(path: Path) -> bool:
     (True, False)
     """
     return any((Path(path) / m).is_file() for m in _META_FILES)
-
-
-class ZarrSource(HandleSource):
-    """A 3D (z, y, x) view of one zarr array (v2 or v3) that may have extra size-1 axes or permuted axes.
-
-    Parameters
-    ----------
-    path : Path
-        The array folder.
-    grid : Grid
-        Physical grid of the zyx view.
-    layout : tuple
-        For each stored axis, ``"z"``, ``"y"``, ``"x"`` or ``None`` for a size-1 axis that is dropped.
-
-    Examples
-    --------
-    >>> import tempfile, numpy as np, zarr
-    >>> from lazyreg.images import Grid
-    >>> from lazyreg.io.zarr_read import ZarrSource
-    >>> with tempfile.TemporaryDirectory() as d:  # an array stored in x, y, z order
-    ...     _ = zarr.create_array(f"{d}/xyz.zarr", data=np.arange(24).reshape(4, 3, 2), chunks=(2, 3, 2))
-    ...     src = ZarrSource(f"{d}/xyz.zarr", Grid((2, 3, 4), spacing=1.0), layout=("x", "y", "z"))
-    ...     src.shape, src.chunks, int(src[1, 2, 3])  # voxel z=1, y=2, x=3 is stored at [3, 2, 1]
-    ((2, 3, 4), (2, 3, 2), 23)
-    """
-
-    def __init__(self, path: Path, grid: Grid, layout: Sequence[str | None] = DIMS):
-        self.path = Path(path).resolve()
-        self.layout = tuple(layout)
-        self.grid = grid
-        arr = self.handle()
-        if arr.ndim != len(self.layout) or sorted(n for n in self.layout if n) != sorted(DIMS):
-            raise LazyregError(f"path: {self.path} has {arr.ndim} dimensions, expected {len(self.layout)}")
-        self.dtype = np.dtype(arr.dtype)
-        native = getattr(arr, "shards", None) or arr.chunks
-        self.chunks = tuple(int(native[self.layout.index(d)]) for d in DIMS)  # type: ignore[assignment]
-        self._mtime = file_stamp(self.path)
-
-    def open(self) -> Any:
-        return zarr.open_array(store=str(self.path), mode="r")
-
-    def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
-        return read_naming_chunk(self._read, index, self.chunks, self._describe, str(self.path))
-
-    def _describe(self, ids: tuple[int, ...]) -> str:
-        return _chunk_name(self.handle(), self.path, tuple(0 if n is None else ids[DIMS.index(n)] for n in self.layout))
-
-    def _read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
-        stored = tuple(0 if n is None else index[DIMS.index(n)] for n in self.layout)
-        out = np.asarray(self.handle()[stored])
-        names = [n for n in self.layout if n is not None]
-        order = [names.index(d) for d in DIMS]
-        return out if order == [0, 1, 2] else out.transpose(order)
-
-    def token(self) -> str:
-        return f"zarr:{self.path}:{self._mtime}:{self.layout}"
-
-
-def _chunk_name(arr: Any, path: Path, coords: tuple[int, ...]) -> str:
-    """How to name a chunk (or shard) of a zarr array: its key and its file."""
-    key = arr.metadata.encode_chunk_key(coords)
-    return f"chunk '{key}' (file {path / key})"
 
 
 def _meta_file(folder: Path) -> Path:
@@ -237,12 +178,6 @@ def _level_source(group_dir: Path, attrs: dict, lev: Any, spacing: Any, max_voxe
         )
     if sorted(n for n in names if n in DIMS) != sorted(DIMS):
         raise LazyregError(f"path: {where} must have exactly one each of the spatial axes z, y, x")
-    extra = [(n, s) for n, s in zip(names, arr.shape) if n not in DIMS and s != 1]
-    if extra:
-        raise LazyregError(
-            f"path: {where} has non-spatial axes of size > 1 {extra}; lazyreg reads 3D (z, y, x) images, "
-            "so store each channel / time point as its own image"
-        )
     scale, shift = _compose(ds.get("coordinateTransformations"), len(names), f"{meta}: datasets[{lev}] ('{ds['path']}')")
     s2, t2 = _compose(ms.get("coordinateTransformations"), len(names), f"{meta}: multiscales[0]")
     if spacing is None and not _has_scale(ds.get("coordinateTransformations"), ms.get("coordinateTransformations")):
@@ -262,8 +197,10 @@ def _level_source(group_dir: Path, attrs: dict, lev: Any, spacing: Any, max_voxe
         tuple(scale[idx].tolist()) if spacing is None else spacing,
         tuple(shift[idx].tolist()),
     )
-    layout = tuple(n if n in DIMS else None for n in names)
-    return ZarrSource(arr_dir, grid, layout), units.pop() if units else "micrometer"
+    layout, lead = lead_axes(axes, arr.shape, scale, shift, attrs, where)  # time / channel axes of size > 1
+    src = ZarrSource(arr_dir, grid, layout)
+    src.lead = tuple(lead)
+    return src, units.pop() if units else "micrometer"
 
 
 def _open_node(p: Path, argname: str, array: bool = False) -> Any:
@@ -472,7 +409,7 @@ def read_ome_zarr(path: str | Path, *, level: int = 0) -> OmeZarrArray:
         raise LazyregError(f"path: {meta} has no 'scale' in the coordinateTransformations of datasets[{level}]; the spacing is unknown")
     mtime = file_stamp(p / ds["path"])
     native = getattr(arr, "shards", None) or arr.chunks
-    reader = ChunkNamingArray(arr, native, partial(_chunk_name, arr, p / ds["path"]), str(p / ds["path"]))
+    reader = ChunkNamingArray(arr, native, partial(chunk_name, arr, p / ds["path"]), str(p / ds["path"]))
     name = "lazyreg-omezarr-" + tokenize(str(p), ds["path"], mtime)
     data = da.from_array(reader, chunks=arr.chunks, name=name, asarray=False, fancy=False, meta=np.empty((0,) * arr.ndim, arr.dtype))
     others = {k: v for k, v in attrs.items() if k not in ("ome", "multiscales", WRITE_MARKER, CHUNKS_ATTR)}
