@@ -100,9 +100,29 @@ def resample_array(
     f.SetNumberOfThreads(int(threads))
     res_img = f.Execute(img)
     if dtype == work:
-        return sitk.GetArrayFromImage(res_img)
-    # a view on ITK's buffer (valid while res_img lives): _cast makes the one new array
-    return cast_to(sitk.GetArrayViewFromImage(res_img), dtype)
+        return _array_of(res_img)  # ITK's buffer itself, no copy
+    # nearest and linear interpolation (convex combinations) of values in ``dtype`` stay in its range
+    in_range = order <= 1 and values.dtype == dtype and np.issubdtype(dtype, np.integer) and (
+        np.iinfo(dtype).min <= fill_value <= np.iinfo(dtype).max
+    )
+    # a view on ITK's buffer (valid while res_img lives): cast_to makes the one new array
+    return cast_to(sitk.GetArrayViewFromImage(res_img), dtype, in_range=in_range)
+
+
+class _ItkBuffer:
+    """Exposes an ITK image's pixel buffer to numpy and keeps the image alive as the array's base."""
+
+    def __init__(self, image: sitk.Image):
+        view = sitk.GetArrayViewFromImage(image)  # makes the buffer unique to ``image``
+        self.image = image
+        self.__array_interface__ = {
+            "shape": view.shape, "typestr": view.dtype.str, "data": (view.__array_interface__["data"][0], False), "version": 3,
+        }
+
+
+def _array_of(image: sitk.Image) -> np.ndarray:
+    """A writable numpy array on the buffer of ``image`` (nobody else holds it), without copying."""
+    return np.asarray(_ItkBuffer(image))
 
 
 def _resample_halves(values, values_grid, out, steps, fill_value, dtype, threads) -> np.ndarray:
@@ -117,10 +137,12 @@ def _resample_halves(values, values_grid, out, steps, fill_value, dtype, threads
     return joined.astype(dtype) if np.dtype(dtype) != np.int64 else joined
 
 
-def cast_to(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast_to(res: np.ndarray, dtype: np.dtype, *, in_range: bool = False) -> np.ndarray:
     """``res`` (float) in ``dtype``: integers rounded to nearest and clipped, never wrapped.
 
     Always returns a new array when ``dtype`` differs from ``res.dtype``; ``res`` is not modified.
+    ``in_range=True`` states that ``res`` lies within the range of ``dtype`` already (e.g. linear
+    interpolation of ``dtype`` values): the clipping pass is skipped, the result is the same.
 
     Examples
     --------
@@ -131,8 +153,13 @@ def cast_to(res: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype == np.bool_:
         return res >= 0.5
     if np.issubdtype(dtype, np.integer):
+        out = np.empty(res.shape, dtype=dtype)
+        if in_range:  # one pass: rounded in res's float type, cast while written (as astype casts)
+            np.rint(res, out=out, casting="unsafe")
+            return out
         info = np.iinfo(dtype)
-        out = np.rint(res)  # the one float temporary, then in place
-        np.clip(out, info.min, info.max, out=out)
-        return out.astype(dtype)
+        tmp = np.rint(res)  # the one float temporary, then in place
+        np.clip(tmp, info.min, info.max, out=tmp)
+        np.copyto(out, tmp, casting="unsafe")
+        return out
     return res.astype(dtype, copy=False)

@@ -25,6 +25,7 @@ __all__ = [
     "index_region",
     "sub_grid",
     "chunk_grids",
+    "chunk_groups",
     "ChunkRefs",
 ]
 
@@ -153,6 +154,35 @@ def chunk_grids(g: Grid, chunks: tuple) -> Iterator[tuple[tuple[int, ...], Grid]
         start = np.array([starts[a][i] for a, i in enumerate(idx)])
         shape = tuple(int(chunks[a][i]) for a, i in enumerate(idx))
         yield idx, Grid(shape, g.spacing, tuple(g.to_physical(start[None])[0]))
+
+
+def chunk_groups(g: Grid, chunks: tuple, factor: int) -> Iterator[tuple[tuple[int, ...], Grid, list]]:
+    """Neighbouring chunks of ``g`` in groups of up to ``factor`` per axis, in C order.
+
+    Yields ``(group index, group grid, parts)``; ``parts`` lists ``(chunk index, slices)``, the
+    slices cutting the chunk out of the group's array. ``factor=1`` gives every chunk alone.
+
+    Examples
+    --------
+    >>> groups = list(chunk_groups(Grid((5, 2, 2), 1.0), ((2, 2, 1), (2,), (2,)), 2))
+    >>> [(i, gg.shape, [p[0] for p in parts]) for i, gg, parts in groups]
+    [((0, 0, 0), (4, 2, 2), [(0, 0, 0), (1, 0, 0)]), ((1, 0, 0), (1, 2, 2), [(2, 0, 0)])]
+    >>> groups[0][2][1][1]
+    (slice(2, 4, None), slice(0, 2, None), slice(0, 2, None))
+    """
+    bounds = [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks]
+    per_axis = [range(0, len(c), factor) for c in chunks]
+    for first in itertools.product(*per_axis):
+        idx = tuple(f // factor for f in first)
+        last = [min(f + factor, len(c)) for f, c in zip(first, chunks)]
+        start = np.array([b[f] for b, f in zip(bounds, first)])
+        shape = tuple(int(b[e] - b[f]) for b, f, e in zip(bounds, first, last))
+        grid = Grid(shape, g.spacing, tuple(g.to_physical(start[None])[0]))
+        parts = []
+        for cidx in itertools.product(*[range(f, e) for f, e in zip(first, last)]):
+            sl = tuple(slice(int(b[i] - s0), int(b[i + 1] - s0)) for b, i, s0 in zip(bounds, cidx, start))
+            parts.append((cidx, sl))
+        yield idx, grid, parts
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The lazy resampling engine: ``apply_transform`` builds one task per output chunk.
+"""The lazy resampling engine: ``apply_transform`` builds one task per output chunk (or group of small chunks).
 
 How a task finds the moving voxels it needs is explained in ``docs/design.md``. In short:
 
@@ -26,6 +26,7 @@ in :mod:`lazyreg.regions`; this module builds the graph and holds the task.
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from .images import Grid, grid_of, validate_image
 from .io.source import ChunkCache, chunk_cache_bytes, find_source, read_region
 from .interpolation import cast_to, resample_array
 from .moving_regions import graph_source
-from .regions import ChunkRefs, affine_box, chunk_grids, field_box, index_region, sub_grid
+from .regions import ChunkRefs, affine_box, chunk_groups, field_box, index_region, sub_grid
 from .resample_checks import (
     check_fill_value, check_moving_values, check_output_chunks, check_region_bytes, max_region_bytes, warn_singular_affines,
 )
@@ -160,6 +161,26 @@ def _resample_chunk(plan: _Plan, moving: Any, *dep_blocks: list) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- graph building
+
+
+#: Output chunks smaller than this many voxels are computed in groups of neighbours, one task (one
+#: moving region, one ITK call) per group, cut into the chunks on return; a group is never larger
+#: than a 128^3 chunk, so a task's memory stays within that of one default-sized chunk.
+GROUP_VOXELS = 2**21
+
+
+def _group_factor(chunks: tuple) -> int:
+    """Chunks per axis in a task: the largest power of 2 keeping a group within GROUP_VOXELS and
+    at least 4 tasks per core."""
+    cores = os.cpu_count() or 1
+    k = 1
+    while not all(k >= len(c) for c in chunks):
+        voxels = np.prod([max(c) * min(2 * k, len(c)) for c in chunks])
+        tasks = np.prod([-(-len(c) // (2 * k)) for c in chunks])
+        if voxels > GROUP_VOXELS or tasks < 4 * cores:
+            break
+        k *= 2
+    return k
 
 
 def _threads_per_task(nchunks: int) -> int:
@@ -370,8 +391,9 @@ def apply_transform(
     source = find_source(moving)
     in_task = source or graph_source(moving)  # a dask graph without a store: blocks computed where read
 
-    nchunks = int(np.prod([len(c) for c in out_chunks]))
-    threads = _threads_per_task(nchunks)
+    factor = _group_factor(out_chunks)  # small chunks: one task per group of neighbours
+    groups = list(chunk_groups(g_out, out_chunks, factor))
+    threads = _threads_per_task(len(groups))
     name = "apply-transform-" + tokenize(
         g_out, g_mov, mov_arr.name, [_token(p) for p in prepared], order, fill, out_chunks, max_displacement
     )
@@ -385,10 +407,11 @@ def apply_transform(
         dsk[src_key] = (ChunkCache, in_task[0], cache_bytes)
     else:
         deps.append(mov_arr)
-    for idx, g_chunk in chunk_grids(g_out, out_chunks):
+    task_name = name if factor == 1 else name + "-group"
+    for idx, g_chunk, _ in groups:
         steps, refs, box = _plan_steps(prepared, g_chunk.extent)
         plan = _Plan(g_chunk, g_mov, steps, order, fill_cast, dtype, threads, max_region_bytes=region_bound)
-        key = (name, *idx)
+        key = (task_name, *idx)
         dep_keys = [r.keys for r in refs]
         if box is not None:
             region = index_region(g_mov, box, MARGIN[order])
@@ -412,6 +435,8 @@ def apply_transform(
             dsk[key] = (_resample_chunk, plan, whole_moving.keys, *dep_keys)
     if src_key is not None and not any(isinstance(t[2], str) and t[2] == src_key for t in dsk.values() if len(t) > 2):
         del dsk[src_key]  # no task reads a region (all map outside moving, or need it whole)
+    if factor > 1:  # every chunk cut from its group's array
+        dsk.update({(name, *c): (operator.getitem, (task_name, *i), sl) for i, _, parts in groups for c, sl in parts})
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
     arr = da.Array(graph, name, chunks=out_chunks, meta=np.empty((0, 0, 0), dtype=dtype))
     out = xr.DataArray(arr, dims=fixed.dims, coords={d: fixed.coords[d].values for d in fixed.dims}, name=moving.name)

@@ -88,9 +88,10 @@ def test_a_dask_moving_image_without_store_is_read_in_the_tasks_and_bit_identica
     assert np.count_nonzero(got) > 0.5 * got.size
 
 
-def test_graphs_holding_their_data_keep_chunk_dependencies():
+def test_graphs_holding_their_data_keep_chunk_dependencies(monkeypatch):
     """An image whose graph holds its data (from numpy, persisted) is in memory already: its
     chunks stay task dependencies, computed once, rather than copied into every process."""
+    monkeypatch.setattr(lazyreg.resample, "GROUP_VOXELS", 0)  # one task per chunk: keys name chunks
     moving = lazyreg.image(da.from_array(np.random.default_rng(0).random((96, 96, 96), dtype=np.float32), chunks=32), 1.0)
     out = lazyreg.apply_transform(moving, moving, [_affine(96)], chunks=32)
     assert _moving_keys(out, moving)
@@ -129,7 +130,7 @@ MiB = 2**20
 
 
 @pytest.mark.slow
-def test_soak_worker_peak_rss_stays_within_the_stated_bound(local_cluster, tmp_path):
+def test_soak_worker_peak_rss_stays_within_the_stated_bound(local_cluster, tmp_path, monkeypatch):
     """apply_transform -> to_zarr of a 64 MiB generated (not store-backed) image on 2 workers:
     each worker's peak RSS (VmHWM, reset just before) stays within the bound stated in
     docs/design.md: its idle RSS + the chunk cache + per thread two output chunks, two moving
@@ -137,6 +138,9 @@ def test_soak_worker_peak_rss_stays_within_the_stated_bound(local_cluster, tmp_p
     moving chunks their tasks shared: 51-53 MiB above idle in this test before, 13-19 MiB now."""
     from distributed import Client
 
+    # one task per output chunk (small chunks are otherwise grouped up to 2^21 voxels per task,
+    # whose bound tests/test_resample.py checks): the bound below counts chunks
+    monkeypatch.setattr(lazyreg.resample, "GROUP_VOXELS", 0)
     n, c, cache = 256, 64, 4 * MiB
     moving = _generated(n, c)
     A = _affine(n)

@@ -211,7 +211,8 @@ def test_building_reads_nothing_and_runs_nothing_even_with_lazy_affine():
     assert len(calls) >= 1
 
 
-def test_lazy_affine_reads_region_from_store_per_task():
+def test_lazy_affine_reads_region_from_store_per_task(monkeypatch):
+    monkeypatch.setattr(lazyreg.resample, "GROUP_VOXELS", 0)  # one task per chunk (small chunks are grouped by default)
     moving, log = counting_image(_moving(shape=(48, 64, 64)), chunks=(16, 16, 16))
     lazy_A = Affine(da.from_array(np.asarray(Affine.from_translation((4.0, 0.0, 0.0)).matrix), chunks=4))
     out = apply_transform(moving, moving, [lazy_A], chunks=(16, 16, 16))
@@ -225,7 +226,7 @@ def test_lazy_affine_reads_region_from_store_per_task():
 
 
 @pytest.mark.parametrize("path", ["store", "chunks"])
-def test_read_economy_with_concrete_affine(path):
+def test_read_economy_with_concrete_affine(path, monkeypatch):
     """A small output region reads only the moving chunks that its mapped chunks (+1 voxel) touch.
 
     Stated bound: for each needed output chunk, the moving voxels read are those of the chunks that
@@ -233,7 +234,10 @@ def test_read_economy_with_concrete_affine(path):
     interpolation); each moving chunk is read at most once. Both ways of reading keep it: a
     store-backed image ("store": each task reads its box through the graph's chunk cache) and any
     other dask image ("chunks", here arithmetic on the store: tasks depend on the moving chunks).
+    Per chunk with one task per chunk; small chunks are grouped by default (a group's task reads
+    the box of the group: ``test_small_chunks_are_resampled_in_groups_equal_to_one_chunk_tasks``).
     """
+    monkeypatch.setattr(lazyreg.resample, "GROUP_VOXELS", 0)
     moving_mem = _moving(shape=(96, 96, 96), spacing=1.0, origin=0.0)
     moving, log = counting_image(moving_mem, chunks=(16, 16, 16))
     if path == "chunks":
@@ -445,3 +449,71 @@ def test_channels_and_time_points_are_resampled_each_through_the_same_transforms
     with count_tasks() as one:
         out.sel(c="gfp", t=30.0).values
     assert 0 < one.n <= whole.n / 5
+
+
+# --------------------------------------------------------------------------- small chunks computed in groups
+
+
+def _resample_tasks(out):
+    """The tasks that resample (not the cuts of a group, nor the reader)."""
+    graph = dict(out.data.__dask_graph__())
+    return [k for k in graph if isinstance(k, tuple) and str(k[0]).startswith("apply-transform-") and (
+        str(k[0]).endswith("-group") or not any(str(kk[0]).endswith("-group") for kk in graph if isinstance(kk, tuple)))]
+
+
+@pytest.mark.parametrize("lazy", ["concrete", "lazy affine", "lazy field"])
+def test_small_chunks_are_resampled_in_groups_equal_to_one_chunk_tasks(monkeypatch, tmp_path, lazy):
+    src = _moving(shape=(30, 35, 40), chunks=(11, 13, 17), dtype=np.uint16)
+    lazyreg.to_zarr(src, tmp_path / "m.zarr", chunks=(11, 13, 17))
+    mov = lazyreg.open_image(tmp_path / "m.zarr")
+    A = _rot30_shear_scale(_centre(mov))
+    vals = np.random.default_rng(3).normal(0.0, 1.5, (5, 6, 7, 3))
+    field = da.from_array(vals, chunks=(2, 3, 4, 3)) if lazy == "lazy field" else vals
+    D = DisplacementField.from_array(field, spacing=(8.0, 7.0, 7.0), origin=(-3.0, 5.0, 2.0))
+    ts = {"concrete": [A, D], "lazy affine": [Affine(da.from_array(np.asarray(A.matrix), chunks=4))], "lazy field": [A, D]}[lazy]
+    chunks = (7, 9, 5)  # odd chunks, a partial one at every edge: 5 x 4 x 8 = 160 chunks
+    out = {}
+    for label, group_voxels in (("alone", 0), ("grouped", lazyreg.resample.GROUP_VOXELS)):
+        monkeypatch.setattr(lazyreg.resample, "GROUP_VOXELS", group_voxels)
+        for order in (0, 1):
+            res = apply_transform(mov, mov, ts, order=order, chunks=chunks)
+            assert res.data.chunks == tuple(tuple(c) for c in da.core.normalize_chunks(chunks, mov.shape))
+            out[label, order] = (res.values, len(_resample_tasks(res)))
+    for order in (0, 1):
+        np.testing.assert_array_equal(out["grouped", order][0], out["alone", order][0])
+        assert out["alone", order][1] == 160
+        assert out["grouped", order][1] < 160 / 4  # 2 x 2 x 2 chunks (or fewer at the edges) per task
+
+
+def test_groups_keep_cubic_results_and_a_bounded_group_size(monkeypatch):
+    mov = _moving(shape=(24, 24, 24), chunks=(8, 8, 8))
+    A = _rot30_shear_scale(_centre(mov))
+    grouped = apply_transform(mov, mov, [A], order=3, chunks=6)
+    assert len(_resample_tasks(grouped)) == 8  # 2 x 2 x 2 chunks of 6^3 per task: 4 tasks per core at least
+    monkeypatch.setattr(lazyreg.resample, "GROUP_VOXELS", 0)
+    alone = apply_transform(mov, mov, [A], order=3, chunks=6)
+    assert len(_resample_tasks(alone)) == 64
+    # cubic prefilters each task's region: groups differ from single chunks only by that (margin 12)
+    np.testing.assert_allclose(grouped.values, alone.values, rtol=0, atol=1e-4 * float(np.ptp(mov.values)))
+    assert lazyreg.resample.GROUP_VOXELS == 0 and apply_transform(mov, mov, [A], chunks=24).data.npartitions == 1
+
+
+def test_float_output_is_itk_buffer_without_copy_and_stays_valid():
+    import gc
+
+    from lazyreg.images import Grid
+    from lazyreg.interpolation import cast_to, resample_array
+
+    g = Grid((6, 7, 8), 1.0)
+    values = np.random.default_rng(0).random(g.shape).astype(np.float32)
+    shift = [("affine", Affine.from_translation((0.0, 0.0, 0.5)).matrix, None)]
+    out = resample_array(values, g, g, shift, order=1, fill_value=0, dtype=np.dtype(np.float32))
+    gc.collect()
+    np.testing.assert_allclose(out[:, :, :-1], (values[:, :, :-1] + values[:, :, 1:]) / 2, rtol=1e-6)
+    out[0, 0, 0] = -1.0  # writable, owned by the result alone
+    assert out[0, 0, 0] == -1.0 and out.dtype == np.float32
+    # integers: the one-pass rounding (values already in range) equals rounding then clipping
+    res = np.array([0.0, 0.5, 1.5, 2.5, 65534.5, 65535.0, 3.49999], dtype=np.float32)
+    np.testing.assert_array_equal(cast_to(res, np.dtype(np.uint16), in_range=True), cast_to(res, np.dtype(np.uint16)))
+    top = np.full(g.shape, 65535, dtype=np.uint16)
+    assert np.all(resample_array(top, g, g, shift, order=1, fill_value=65535, dtype=top.dtype) == 65535)
