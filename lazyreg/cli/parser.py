@@ -253,10 +253,15 @@ SPACING_HELP = "voxel spacing (z,y,x, physical units) of {what}, overriding its 
 def _add_images(p: argparse.ArgumentParser, fixed_help: str = "fixed image; ") -> None:
     p.add_argument("fixed", metavar="FIXED", help=fixed_help + PATH_HELP)
     p.add_argument("moving", metavar="MOVING", help="moving image; PATH[:GROUP] as for FIXED")
+    _add_spacing(p, "both images", "MOVING")
+
+
+def _add_spacing(p: argparse.ArgumentParser, all_images: str, moving: str) -> None:
+    """--spacing (for ``all_images``), --fixed-spacing and --moving-spacing (for ``moving``)."""
     g = p.add_argument_group("voxel spacing")
-    g.add_argument("--spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="both images"))
+    g.add_argument("--spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what=all_images))
     g.add_argument("--fixed-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="FIXED") + "; wins over --spacing")
-    g.add_argument("--moving-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="MOVING") + "; wins over --spacing")
+    g.add_argument("--moving-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what=moving) + "; wins over --spacing")
 
 
 def _add_info(sub: Any, parents: list) -> None:
@@ -309,10 +314,7 @@ def _add_align_series(sub: Any, parents: list) -> None:
     )
     s.add_argument("fixed", metavar="FIXED", help="fixed round; " + PATH_HELP)
     s.add_argument("movings", metavar="MOVING", nargs="+", help="moving rounds, in acquisition order; PATH[:GROUP] as for FIXED")
-    g = s.add_argument_group("voxel spacing")
-    g.add_argument("--spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="every image"))
-    g.add_argument("--fixed-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="FIXED") + "; wins over --spacing")
-    g.add_argument("--moving-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help=SPACING_HELP.format(what="every MOVING") + "; wins over --spacing")
+    _add_spacing(s, "every image", "every MOVING")
     s.add_argument("--steps", default="ransac,affine", help=STEPS_HELP + " (default: ransac,affine)")
     s.add_argument("--piecewise", action="store_true", help="refine every round with align-piecewise's default steps on top of its affine")
     s.add_argument("--blocksize", type=ints, default=None, metavar="N|Z,Y,X", help="with --piecewise: block core size in fixed voxels (default 128)")
