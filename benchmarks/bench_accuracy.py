@@ -27,6 +27,8 @@ Registration, per pair (each tool in its own subprocess, so that its peak RSS an
   ``[("affine", {}), ("deform", {})]`` (the table says so). Blocksize 128 (phantom: 64).
 * ``lazyreg default (blocksize 64)``, tutorial only, with ``--small-blocks``: the same default steps on blocks half as large
   (their B-spline mesh scales with the block, so this halves the control-point spacing).
+* ``lazyreg bspline``: the default steps before demons (2026-11: an affine, then a B-spline with 3
+  mesh intervals across the block's region on 20 000 samples), same blocksize: the same-run comparison.
 * ``lazyreg bigstream``: bigstream's tutorial steps (ransac + deform, control points every 128 um,
   10 iterations) at blocksize 128 (phantom: 64), as ``bench_piecewise.py``.
 * ``sitk bspline``: SimpleITK's ``ImageRegistrationMethod`` on the whole volume in memory, written
@@ -111,6 +113,11 @@ BLOCKSIZE_QUICK = {"tutorial": 48, "phantom": 32}
 FOREGROUND_FRACTION = {"tutorial": None, "phantom": 0.1}
 LATTICE_STEP = {"tutorial": 4, "phantom": 2}
 FALLBACK_STEPS = [("affine", {}), ("deform", {})]
+#: align_piecewise's default steps until 2026-12 (issue 13), kept as a same-run comparison
+BSPLINE_STEPS = [
+    ("affine", {"shrink_factors": (2, 1)}),
+    ("deform", {"mesh_size": 3, "shrink_factors": (1,), "samples": 20_000, "optimizer_args": {"numberOfIterations": 20}}),
+]
 SITK = {
     # one mesh for all levels: SimpleITK 2.5's SetInitialTransformAsBSpline refinement breaks LBFGSB
     # ("Size of scales must equal number of local parameters")
@@ -374,7 +381,7 @@ def worker_lazyreg(work: Path, spec: dict) -> dict:
                 rec["steps"] = FALLBACK_STEPS
                 rec["steps_note"] = f"fallback: calling align_piecewise without steps failed ({e})"
         else:
-            rec["steps"] = bigstream_steps(spec["pair"])
+            rec["steps"] = BSPLINE_STEPS if spec["config"] == "bspline" else bigstream_steps(spec["pair"])
             field = lazyreg.align_piecewise(fixed, moving, rec["steps"], **kw)
         rec["chunks"] = [list(c) for c in field.chunks[:3]]
         field = field.compute()
@@ -830,6 +837,7 @@ def main() -> int:
                 runs += [("lazyreg", "default", f"lazyreg piecewise default (blocksize {bs}{ff})")]
                 if pname == "tutorial" and args.small_blocks:  # the default steps on smaller blocks (their mesh scales with the block)
                     runs.append(("lazyreg", "default-half", f"lazyreg piecewise default (blocksize {bs // 2})"))
+                runs.append(("lazyreg", "bspline", f"lazyreg piecewise former default, affine + B-spline (blocksize {bs}{ff})"))
                 runs.append(("lazyreg", "bigstream", f"lazyreg piecewise bigstream steps (blocksize {bs}{ff})"))
             if "sitk" in tools:
                 runs.append(("sitk", "", "SimpleITK B-spline, whole volume"))

@@ -35,15 +35,22 @@ from .itk_options import (
     validate_itk_options,
 )
 
-__all__ = ["run_levels", "deformable_field_grid"]
+__all__ = ["run_levels", "deformable_field_grid", "checked_values", "sitk_image", "subsampled_grid"]
 
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- images
 
 
-def _values(img: xr.DataArray, argname: str) -> np.ndarray:
-    """Float32 copy of an image's values, refusing NaN/inf and constant images."""
+def checked_values(img: xr.DataArray, argname: str) -> np.ndarray:
+    """Float32 copy of an image's values, refusing NaN/inf and constant images.
+
+    Examples
+    --------
+    >>> import lazyreg
+    >>> checked_values(lazyreg.image(np.arange(8.0).reshape(2, 2, 2), 1.0), "fixed").dtype
+    dtype('float32')
+    """
     data = img.data
     vals = np.asarray(data.compute() if hasattr(data, "compute") else data, dtype=np.float32)
     if not np.all(np.isfinite(vals)):
@@ -55,7 +62,14 @@ def _values(img: xr.DataArray, argname: str) -> np.ndarray:
     return vals
 
 
-def _to_sitk(vals: np.ndarray, g: Grid) -> sitk.Image:
+def sitk_image(vals: np.ndarray, g: Grid) -> sitk.Image:
+    """A SimpleITK image of ``vals`` (zyx) on grid ``g`` (spacing and origin reversed to xyz).
+
+    Examples
+    --------
+    >>> sitk_image(np.zeros((2, 3, 4), np.float32), Grid((2, 3, 4), (2.0, 1.0, 1.0))).GetSpacing()
+    (1.0, 1.0, 2.0)
+    """
     img = sitk.GetImageFromArray(vals)
     img.SetSpacing(g.spacing[::-1])
     img.SetOrigin(g.origin[::-1])
@@ -88,7 +102,7 @@ def _mask_image(
     frac = float(vals.mean())
     if frac == 0:
         raise LazyregError(f"{argname}: the mask is empty (no True voxel); pass None to use the whole image")
-    return _to_sitk(vals, g), frac
+    return sitk_image(vals, g), frac
 
 
 def _level_image(img: sitk.Image, factor: int, sigma: float, threads: int) -> sitk.Image:
@@ -286,8 +300,8 @@ def run_levels(
     threads = int(o["threads"] or os.cpu_count() or 1)
     fmask, ffrac = _mask_image(o["fixed_mask"], gf, "fixed_mask", "fixed")
     mmask, _ = _mask_image(o["moving_mask"], gm, "moving_mask", "moving")
-    F = _to_sitk(_values(fixed, "fixed"), gf)
-    M = _to_sitk(_values(moving, "moving"), gm)
+    F = sitk_image(checked_values(fixed, "fixed"), gf)
+    M = sitk_image(checked_values(moving, "moving"), gm)
     moving_init = None if o["initial"] is None else Affine(o["initial"]).to_sitk()
     transform = make_transform(F)
     plan = level_plan(o, gf)
@@ -420,10 +434,20 @@ def deformable_field_grid(fixed_grid: Grid, options: Mapping[str, Any]) -> Grid:
 
 def _default_field_grid(gf: Grid, finest_cps: np.ndarray) -> Grid:
     """Fixed grid subsampled so its spacing is about a quarter of the finest control-point spacing."""
-    sp = np.asarray(gf.spacing)
-    step = np.maximum(1, np.floor(finest_cps / 4.0 / sp)).astype(int)
-    shape = (np.asarray(gf.shape) - 1 + step - 1) // step + 1  # covers the last fixed voxel
-    return Grid(tuple(int(v) for v in shape), tuple(sp * step), gf.origin)
+    return subsampled_grid(gf, np.floor(finest_cps / 4.0 / np.asarray(gf.spacing)))
+
+
+def subsampled_grid(g: Grid, step: Any) -> Grid:
+    """Every ``step``-th voxel of ``g`` per axis (at least 1), extended to cover ``g``'s last voxel.
+
+    Examples
+    --------
+    >>> subsampled_grid(Grid((9, 10, 10), 1.0), 2).shape
+    (5, 6, 6)
+    """
+    step = np.maximum(1, np.broadcast_to(np.asarray(step), (3,))).astype(int)
+    shape = (np.asarray(g.shape) - 1 + step - 1) // step + 1  # covers the last voxel
+    return Grid(tuple(int(v) for v in shape), tuple(np.asarray(g.spacing) * step), g.origin)
 
 
 def field_image(g: Grid) -> sitk.Image:

@@ -46,13 +46,10 @@ from .steps import field_step_grid, parse_steps
 __all__ = ["align_piecewise", "DEFAULT_STEPS"]
 
 #: The steps of each block when none are given, chosen by measurement on the tutorial pair
-#: (docs/from-bigstream.md, "Choosing piecewise settings"): a B-spline whose mesh scales with the
-#: block (3 intervals across the block's region, about 2/3 of a block between control points),
-#: fitted at full resolution on 20 000 random samples.
-DEFAULT_STEPS = (
-    ("affine", {"shrink_factors": (2, 1)}),
-    ("deform", {"mesh_size": 3, "shrink_factors": (1,), "samples": 20_000, "optimizer_args": {"numberOfIterations": 20}}),
-)
+#: (docs/from-bigstream.md, "Choosing a deformable step"): diffeomorphic demons on the block
+#: shrunk by 4 then 2 (:func:`lazyreg.registration.demons.align_demons`' defaults), which follow
+#: deformations of 100-200 um wavelength that a B-spline mesh scaled to the block cannot.
+DEFAULT_STEPS = (("demons", {}),)
 #: Voxels of fixed sampled (at most) to find the automatic foreground threshold.
 THRESHOLD_SAMPLES = 2_000_000
 
@@ -165,11 +162,12 @@ def align_piecewise(
         Images, lazy (e.g. from :func:`lazyreg.open_image`) or in memory.
     steps : sequence of (name, options), or str, optional
         As in :func:`lazyreg.align` (registered steps, your own included): ``"ransac"``,
-        ``"random"``, ``"rigid"``, ``"affine"``, ``"deform"`` (last). Run in every block one at a
-        time, starting from the identity; a step's result is kept only if it raises the block's
-        Pearson correlation, so the next step starts from the best result so far. Checked now,
-        before anything runs. Default :data:`DEFAULT_STEPS`: an affine, then a B-spline with 3
-        mesh intervals across the block's region on 20 000 samples.
+        ``"random"``, ``"rigid"``, ``"affine"``, then one field step last: ``"demons"`` or
+        ``"deform"``. Run in every block one at a time, starting from the identity; a step's
+        result is kept only if it raises the block's Pearson correlation, so the next step starts
+        from the best result so far. Checked now, before anything runs. Default
+        :data:`DEFAULT_STEPS`: diffeomorphic demons (a dense field at half the fixed resolution);
+        ``"deform"`` (a B-spline) suits deformations smoother than a block.
     blocksize : int or 3 ints, optional
         Block core size in fixed voxels (z, y, x), at least 8 and at most the image size.
         Default 128 (or the image size along a shorter axis).

@@ -69,7 +69,8 @@ def align(
         own): ``"ransac"`` (feature points + RANSAC, :func:`lazyreg.align_features`),
         ``"random"`` (random affine search, :func:`lazyreg.random_affine_search`), ``"rigid"``
         and ``"affine"`` (:func:`lazyreg.align_affine`), ``"deform"`` (B-spline or dense field,
-        :func:`lazyreg.align_deformable`; last). Options are those functions' keyword arguments.
+        :func:`lazyreg.align_deformable`; last), ``"demons"`` (a dense diffeomorphic field,
+        :func:`lazyreg.registration.demons.align_demons`; last). Options are those functions' keyword arguments.
         A string of comma-separated names (``"ransac,affine"``) runs them with default options.
     fixed_mask, moving_mask : xarray.DataArray, optional
         Boolean images on each image's grid; restrict blob detection and metric sampling.

@@ -227,7 +227,7 @@ def align_series(
         ts = list(result) if isinstance(result, list) else [result]
         if piecewise is not False:
             if len(ts) != 1:
-                raise LazyregError("piecewise: the global steps already end with a deformable step ('deform'); drop one of them")
+                raise LazyregError("piecewise: the global steps already end with a deformable step ('deform' or 'demons'); drop one of them")
             ts.append(align_piecewise(ref, moving, options.get("steps"), static_transforms=ts, fixed_mask=mask, seed=seed,
                                       **{k: v for k, v in options.items() if k != "steps"}))
         pairs[n] = (ref_name, ts)

@@ -32,6 +32,7 @@ from ..transforms.field import DisplacementField
 from ..validation import check_seed, suggest
 from .features import align_features, validate_options
 from .itk import align_affine, align_deformable
+from .demons import align_demons, demons_field_grid, validate_demons_options
 from .itk_options import validate_itk_options
 from .itk_runner import deformable_field_grid
 from .search import random_affine_search, validate_search_options
@@ -216,6 +217,7 @@ register_step(
     "deform", align_deformable, returns="field", validate=lambda o: validate_itk_options("deformable", o),
     field_grid=deformable_field_grid,
 )
+register_step("demons", align_demons, returns="field", validate=validate_demons_options, field_grid=demons_field_grid)
 
 
 def parse_steps(steps: Any) -> list[StepCall]:
