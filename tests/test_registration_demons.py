@@ -150,3 +150,18 @@ def test_levels_too_coarse_for_the_image_are_refused(pair):
     fixed, moving, A, _ = pair
     with pytest.raises(LazyregError, match=r"shrink_factors: the image shrunk by 16"):
         align_demons(fixed, moving, initial=A, shrink_factors=(16,), iterations=2)
+
+
+def test_the_default_block_step_is_the_demons():
+    """``align_piecewise`` without steps runs the demons in every block (chosen by measurement)."""
+    from lazyreg.registration.piecewise import DEFAULT_STEPS
+
+    assert [name for name, _ in DEFAULT_STEPS] == ["demons"]
+    fixed, moving, A, d = warped_pair((48, 96, 96), SPACING, ORIGIN, amplitude=4.0, seed=3, noise=0.02, n_blobs=1500)
+    field = lazyreg.align_piecewise(fixed, moving, blocksize=(48, 48, 48), static_transforms=[Affine(A)]).compute()
+    assert all([s["step"] for s in r["steps"]] == ["demons"] and r["status"] == "ok" for r in field.report), field.report
+    tissue = _tissue(fixed)
+    zero = DisplacementField.from_array(np.zeros((2, 2, 2, 3)), 1000.0, (-500.0,) * 3)
+    before, after = _error_voxels(zero, fixed, d, tissue).mean(), _error_voxels(field, fixed, d, tissue).mean()
+    assert after < 0.5 * before, (before, after)  # measured: 2.85 -> 0.41 voxel
+    assert float(lazyreg.jacobian_determinant(field).values.min()) > 0
