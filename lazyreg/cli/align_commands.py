@@ -203,7 +203,7 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
     >>> args = build_parser().parse_args(["align-piecewise", "fix.zarr", "mov.zarr", "-o", "out", "--steps", "affine",
     ...                                   "--static", "affine.txt", "--blocksize", "64,128,128"])
     >>> args.static, args.blocksize, args.overlap
-    (['affine.txt'], (64, 128, 128), 0.5)
+    (['affine.txt'], (64, 128, 128), 0.25)
     """
     from ..io.omezarr import output_format
     from ..io.transform_files import load_transform, save_field_zarr

@@ -142,7 +142,7 @@ def align_piecewise(
     steps: Sequence[Any] | str | None = None,
     *,
     blocksize: int | Sequence[int] | None = None,
-    overlap: float = 0.5,
+    overlap: float = 0.25,
     static_transforms: Any = (),
     fixed_mask: xr.DataArray | None = None,
     foreground_fraction: float = 0.5,
@@ -174,6 +174,8 @@ def align_piecewise(
     overlap : float
         Padding added to each side of a block, as a fraction of ``blocksize``, in [0, 1): blocks
         are registered on core + padding and their weights ramp linearly across the padding.
+        Default 0.25 (bigstream: 0.5): the demons are local, and on the tutorial pair 0.25 gave
+        the same accuracy as 0.5 in half the time (blocks of 1.5^3 instead of 2^3 their core).
     static_transforms : Affine, DisplacementField or list
         Map fixed to moving before the blocks are aligned (e.g. the lazy result of
         :func:`lazyreg.align` on a downsampled level). Each block reads only the moving region it
