@@ -149,11 +149,8 @@ def chunk_grids(g: Grid, chunks: tuple) -> Iterator[tuple[tuple[int, ...], Grid]
     >>> [(i, c.shape, c.origin) for i, c in chunk_grids(Grid((4, 1, 1), 2.0), ((3, 1), (1,), (1,)))]
     [((0, 0, 0), (3, 1, 1), (0.0, 0.0, 0.0)), ((1, 0, 0), (1, 1, 1), (6.0, 0.0, 0.0))]
     """
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in chunks]
-    for idx in itertools.product(*[range(len(c)) for c in chunks]):
-        start = np.array([starts[a][i] for a, i in enumerate(idx)])
-        shape = tuple(int(chunks[a][i]) for a, i in enumerate(idx))
-        yield idx, Grid(shape, g.spacing, tuple(g.to_physical(start[None])[0]))
+    for idx, grid, _ in chunk_groups(g, chunks, 1):
+        yield idx, grid
 
 
 def chunk_groups(g: Grid, chunks: tuple, factor: int) -> Iterator[tuple[tuple[int, ...], Grid, list]]:

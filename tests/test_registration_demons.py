@@ -165,3 +165,12 @@ def test_the_default_block_step_is_the_demons():
     before, after = _error_voxels(zero, fixed, d, tissue).mean(), _error_voxels(field, fixed, d, tissue).mean()
     assert after < 0.5 * before, (before, after)  # measured: 2.85 -> 0.41 voxel
     assert float(lazyreg.jacobian_determinant(field).values.min()) > 0
+
+
+def test_a_mask_on_another_grid_is_refused_before_anything_runs(pair):
+    fixed, moving, A, _ = pair
+    wrong = lazyreg.image(np.ones((8, 8, 8), bool), 1.0)
+    with pytest.raises(LazyregError, match="fixed_mask: the mask's grid .* differs from the grid of fixed"):
+        align_demons(fixed, moving, initial=A, fixed_mask=wrong)
+    with pytest.raises(LazyregError, match="moving_mask: the mask's grid .* differs from the grid of moving"):
+        align_demons(fixed, moving, initial=A, moving_mask=wrong)

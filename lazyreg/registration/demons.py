@@ -22,13 +22,13 @@ import SimpleITK as sitk
 import xarray as xr
 
 from ..errors import LazyregError
-from ..images import Grid, grid_of, validate_image
+from ..images import Grid, check_mask, grid_of, validate_image
 from ..interpolation import resample_array
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 from ..transforms.jacobian import determinant_values
 from ..validation import check_choice, check_int, check_number, check_positive_ints
-from .itk_runner import checked_values, sitk_image, subsampled_grid
+from .itk_runner import checked_values, field_image, sitk_image, subsampled_grid
 
 __all__ = ["align_demons", "validate_demons_options", "demons_field_grid", "VARIANTS", "INTENSITIES"]
 
@@ -234,6 +234,8 @@ def align_demons(
     ))
     validate_image(fixed, "fixed")
     validate_image(moving, "moving")
+    fixed_mask = check_mask(fixed_mask, fixed, "fixed_mask", "fixed")
+    moving_mask = check_mask(moving_mask, moving, "moving_mask", "moving")
     gf, gm = grid_of(fixed, "fixed"), grid_of(moving, "moving")
     threads = int(threads or os.cpu_count() or 1)
     A = Affine(np.eye(4) if initial is None else initial)
@@ -259,10 +261,7 @@ def align_demons(
     M = _comparable(F, sitk_image(np.nan_to_num(warped), gf), invalid, o["intensity"])
     field, levels = _run_levels(F, M, o, threads)
     fg = field_grid or subsampled_grid(gf, o["shrink_factors"][-1])
-    ref = sitk.Image([int(v) for v in fg.shape[::-1]], sitk.sitkUInt8)
-    ref.SetSpacing(fg.spacing[::-1])
-    ref.SetOrigin(fg.origin[::-1])
-    field = sitk.Resample(field, ref, sitk.Transform(), sitk.sitkLinear, 0.0, field.GetPixelID(), True)
+    field = sitk.Resample(field, field_image(fg), sitk.Transform(), sitk.sitkLinear, 0.0, field.GetPixelID(), True)
     values = DisplacementField.from_sitk(field).values.astype(np.float32)
     det = determinant_values(values, fg.spacing)
     report = {
