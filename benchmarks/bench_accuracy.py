@@ -189,7 +189,7 @@ def bigstream_steps(pair: str) -> list:
 # ------------------------------------------------------------------------------------------ pairs
 
 
-def _coarse_grid(g, factor: int):
+def coarse_grid(g, factor: int):
     """A grid ``factor`` times coarser than ``g`` whose voxel centres cover all of ``g``'s."""
     import lazyreg
 
@@ -228,7 +228,7 @@ def tutorial_pair(data: Path, quick: bool) -> dict:
     g = lazyreg.Grid(tut.shape, sp, org)
     lo, hi = g.extent
     A_true = lazyreg.Affine.from_parameters(center=(lo + hi) / 2, **TUTORIAL_AFFINE)
-    fg = _coarse_grid(g, TRUTH_FIELD_FACTOR)
+    fg = coarse_grid(g, TRUTH_FIELD_FACTOR)
     pts = fg.to_physical(np.indices(fg.shape).reshape(3, -1).T)
     d = plane_waves(pts, SEED, 1.0)
     d *= AMPLITUDE_VOXELS * float(np.exp(np.mean(np.log(sp)))) / np.linalg.norm(d, axis=1).max()

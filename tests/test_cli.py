@@ -157,13 +157,13 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
     assert re.search(r"piecewise alignment in [\d.]+ s; 4 blocks: \d+ ok", r.stdout), r.stdout
     assert "mean block Pearson gain" in r.stdout and not re.search(r"\d\.\d{4,}", r.stdout), r.stdout
     field = lazyreg.load_transform(out / "field.ome.zarr")
-    # by default the field is written every 4 fixed voxels (covering the fixed grid), not on every voxel
-    assert isinstance(field, lazyreg.DisplacementField) and field.grid.spacing == tuple(4 * s for s in SPACING)
-    assert field.grid.shape == (7, 13, 13) and field.grid.origin == (0.0, 0.0, 0.0)
+    # by default the field is written every 2 fixed voxels (covering the fixed grid), not on every voxel
+    assert isinstance(field, lazyreg.DisplacementField) and field.grid.spacing == tuple(2 * s for s in SPACING)
+    assert field.grid.shape == (13, 25, 25) and field.grid.origin == (0.0, 0.0, 0.0)
     report = json.loads((out / "report.json").read_text())
     assert report["command"] == "align-piecewise" and report["static"] == [str(pair.affine)]
     # every option in effect is recorded, defaults included
-    assert report["parameters"]["field_spacing"] == [4 * s for s in SPACING]
+    assert report["parameters"]["field_spacing"] == [2 * s for s in SPACING]
     [(name, options)] = report["steps_in_effect"]
     assert name == "affine" and options["metric"] == "correlation" and "shrink_factors" in options
     assert len(report["blocks"]) == 4  # 1 x 2 x 2 blocks of 24 voxels

@@ -16,10 +16,8 @@ from .outputs import check_not_input, describe, output_guard, pictures, prepare_
 from ..result_cache import compute_together
 from .session import Session, dask_scheduler
 
-__all__ = ["align_command", "piecewise_command", "steps_in_effect", "FIELD_SPACING_VOXELS"]
+__all__ = ["align_command", "piecewise_command", "steps_in_effect"]
 
-#: ``align-piecewise`` writes its field every this many fixed voxels unless --field-spacing is given.
-FIELD_SPACING_VOXELS = 4
 
 ALIGN_OUTPUTS = ("affine.txt", "affine.tfm", "field.ome.zarr", "aligned.ome.zarr", "report.json", "overlay_before.png", "overlay_after.png")
 PIECEWISE_OUTPUTS = ("field.ome.zarr", "aligned.ome.zarr", "report.json", "overlay_before.png", "overlay_after.png", "block_map.png")
@@ -208,7 +206,7 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
     from ..io.omezarr import output_format
     from ..io.transform_files import load_transform, save_field_zarr
     from ..progress import PeakMemory
-    from ..registration.piecewise import DEFAULT_STEPS, align_piecewise
+    from ..registration.piecewise import DEFAULT_STEPS, FIELD_SPACING_VOXELS, align_piecewise
 
     steps = list(DEFAULT_STEPS) if args.steps is None else read_steps(args.steps)
     fixed = open_input(args.fixed, "fixed", spacing=image_spacing(args, "fixed"))

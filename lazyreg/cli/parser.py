@@ -348,8 +348,8 @@ def _add_align_piecewise(sub: Any, parents: list) -> None:
         help="transform applied before the blocks, e.g. OUT/affine.txt of 'lazyreg align'; repeat for a list "
         "(moving = T1(T2(x)) for --static T1 --static T2). " + TRANSFORM_SUFFIXES,
     )
-    w.add_argument("--field-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help="spacing of the output field grid, physical units (default: every 4 fixed voxels, like the "
-                   "notebook; the blocks' B-splines are much smoother than that)")
+    w.add_argument("--field-spacing", type=numbers, default=None, metavar="S|Z,Y,X", help="spacing of the output field grid, physical units (default: every 2 fixed voxels, "
+                   "the grid of the demons' finest level)")
     w.add_argument("--foreground-fraction", type=float, default=0.5, help="skip blocks with less foreground than this fraction (default 0.5)")
     w.add_argument("--foreground-threshold", type=float, default=None, help="intensity threshold of the foreground (default: automatic)")
     w.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")

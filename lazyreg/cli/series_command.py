@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import LazyregError
 from ..images import grid_of
-from .align_commands import FIELD_SPACING_VOXELS, steps_in_effect
+from ..registration.piecewise import FIELD_SPACING_VOXELS
+from .align_commands import steps_in_effect
 from .inputs import image_spacing, input_paths, open_input, read_steps, split_path
 from .outputs import check_not_input, describe, output_guard, prepare_folder, write_json
 from .session import Session, dask_scheduler

@@ -28,7 +28,7 @@ from ..transforms.jacobian import determinant_values
 from ..transforms.points import transform_points
 from .steps import run_steps
 
-__all__ = ["BlockTask", "align_block", "report_rows", "regular_field", "REPORT_KEYS"]
+__all__ = ["BlockTask", "align_block", "report_rows", "regular_field", "step_profile", "REPORT_KEYS"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ FIELD_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
 #: The keys of a block's report row.
 REPORT_KEYS = (
     "index", "status", "reason", "foreground", "inside", "metric_before", "metric_after", "inliers", "steps", "seconds",
+    "seconds_inputs",
 )
 #: Block statuses: aligned, no step improved it (static transforms kept), not worth aligning,
 #: failed (every step raised an error, or, decided when blending, an outlier among its neighbours).
@@ -217,6 +218,32 @@ def regular_field(values: np.ndarray, grid: Grid) -> tuple[np.ndarray, float, fl
     return v, 0.0, round(det_min, 4)  # pragma: no cover - scale 0 has det 1
 
 
+def step_profile(report: dict) -> dict:
+    """Where a step spent its time, from its report: seconds per stage (``seconds_<stage>``
+    keys, e.g. ransac's detect / describe / match / ransac) and per level (ITK steps, demons),
+    the rest as ``other``.
+
+    Examples
+    --------
+    >>> step_profile({"seconds": 3.0, "levels": [{"shrink": 4, "seconds": 0.5}, {"shrink": 2, "seconds": 2.0}]})
+    {'level 1 (shrink 4)': 0.5, 'level 2 (shrink 2)': 2.0, 'other': 0.5}
+    >>> step_profile({"seconds": 1.0, "seconds_detect": 0.6, "seconds_match": 0.1, "seconds_total": 1.0})
+    {'detect': 0.6, 'match': 0.1, 'other': 0.3}
+    """
+    out: dict[str, float] = {}
+    for k, v in report.items():
+        if k.startswith("seconds_") and k != "seconds_total" and isinstance(v, (int, float)):
+            out[k[len("seconds_"):]] = round(float(v), 3)
+    for i, lv in enumerate(report.get("levels") or []):
+        if isinstance(lv, dict) and isinstance(lv.get("seconds"), (int, float)):
+            shrink = lv.get("shrink", lv.get("shrink_factor"))
+            out[f"level {i + 1}" + (f" (shrink {shrink})" if shrink is not None else "")] = round(float(lv["seconds"]), 3)
+    total = report.get("seconds", report.get("seconds_total"))
+    if isinstance(total, (int, float)) and out:
+        out["other"] = round(max(0.0, float(total) - sum(out.values())), 3)
+    return out
+
+
 def _figure(value: float) -> float | None:
     return None if math.isnan(value) else round(float(value), 6)
 
@@ -239,7 +266,7 @@ class _StepRunner:
 
     def step(self, i: int, call: Any) -> None:
         t0 = time.perf_counter()
-        row = {"step": call.name, "seconds": None, "metric": None, "kept": False, "reason": None}
+        row = {"step": call.name, "seconds": None, "metric": None, "kept": False, "reason": None, "profile": None}
         if call.step.returns == "field":
             row.update(field_scale=None, det_min=None)
         self.rows.append(row)
@@ -253,6 +280,7 @@ class _StepRunner:
             row["seconds"] = round(time.perf_counter() - t0, 3)
             return
         rep = state["reports"][0]
+        row["profile"] = step_profile(rep)
         if rep.get("inliers") is not None:
             self.inliers = rep["inliers"]
         matrix = np.asarray(state["affine"].matrix, dtype=float)
@@ -270,6 +298,7 @@ class _StepRunner:
             valid &= self.compare
         before = _figure(pearson_arrays(self.fixed, np.nan_to_num(self.current), valid))
         after = _figure(pearson_arrays(self.fixed, np.nan_to_num(warped), valid))
+        row["profile"]["check"] = round(time.perf_counter() - t0 - row["seconds"], 3)
         row["metric"] = after
         if before is None or after is None:
             row["reason"] = "the result maps (almost) the whole block outside its moving region"

@@ -19,6 +19,7 @@ chunk of the field plus a slab of points. Block results are kilobytes.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any, Sequence
 
 import dask.array as da
@@ -50,6 +51,10 @@ __all__ = ["align_piecewise", "DEFAULT_STEPS"]
 #: shrunk by 4 then 2 (:func:`lazyreg.registration.demons.align_demons`' defaults), which follow
 #: deformations of 100-200 um wavelength that a B-spline mesh scaled to the block cannot.
 DEFAULT_STEPS = (("demons", {}),)
+#: The blended field's default spacing, in fixed voxels (per axis): the grid of the demons' finest
+#: level. On the tutorial's known truth a field on every fixed voxel gives the same error (0.334
+#: voxel) at 8x the memory and a third more CPU (benchmarks/README.md, 2026-12-01).
+FIELD_SPACING_VOXELS = 2
 #: Voxels of fixed sampled (at most) to find the automatic foreground threshold.
 THRESHOLD_SAMPLES = 2_000_000
 
@@ -67,12 +72,16 @@ def _check_finite(values: Any, name: str, where: str) -> None:
     )
 
 
-def _align_checked_block(task: Any, fixed: Any, moving: Any, *rest: Any) -> dict:
-    """:func:`align_block` on finite inputs only (checked on the regions the block reads anyway)."""
+def _align_checked_block(task: Any, started: float, fixed: Any, moving: Any, *rest: Any) -> dict:
+    """:func:`align_block` on finite inputs only (checked on the regions the block reads anyway);
+    ``started`` is when the block began reading its inputs (``seconds_inputs`` of its row)."""
+    seconds_inputs = round(time.perf_counter() - started, 3)
     where = f"in block {task.index}"
     _check_finite(fixed, "fixed", where)
     _check_finite(moving, "moving", where + " (its region resampled through static_transforms)")
-    return align_block(task, fixed, moving, *rest)
+    row = align_block(task, fixed, moving, *rest)
+    row["seconds_inputs"] = seconds_inputs
+    return row
 
 
 def _auto_threshold(sample: np.ndarray) -> float:
@@ -115,7 +124,7 @@ def _static_args(static: list) -> tuple[tuple, list]:
 
 def _field_grid(fixed: Grid, field_spacing: Any) -> Grid:
     if field_spacing is None:
-        return fixed
+        field_spacing = tuple(FIELD_SPACING_VOXELS * s for s in fixed.spacing)
     sp = np.broadcast_to(np.asarray(field_spacing, dtype=float), (3,)) if np.ndim(field_spacing) == 0 else np.asarray(field_spacing, dtype=float)
     if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise LazyregError(f"field_spacing: expected a positive number or 3 (z, y, x), got {field_spacing!r}")
@@ -152,8 +161,9 @@ def align_piecewise(
 ) -> DisplacementField:
     """Align overlapping blocks of ``fixed`` to ``moving`` and blend them into one lazy field.
 
-    Nothing is computed here. The result is a dask-backed :class:`DisplacementField` on the fixed
-    grid (or a grid of ``field_spacing``) to be used after the static transforms:
+    Nothing is computed here. The result is a dask-backed :class:`DisplacementField` on a grid
+    covering the fixed one (every 2nd fixed voxel, or ``field_spacing``) to be used after the
+    static transforms:
     ``apply_transform(fixed, moving, [*static_transforms, field])``.
 
     Parameters
@@ -191,7 +201,9 @@ def align_piecewise(
         voxels) plus 5% of its 1st-99th percentile range, which keeps dim tissue and drops empty
         space.
     field_spacing : float or 3 floats, optional
-        Spacing of the output field grid (physical units); default the fixed grid.
+        Spacing of the output field grid (physical units); default every
+        :data:`FIELD_SPACING_VOXELS` (2) fixed voxels along each axis, the grid of the demons'
+        finest level. ``lazyreg.spacing(fixed)`` puts it on every fixed voxel (8x the memory).
     seed : int
         Seed of every random choice; block ``i`` (C order) uses ``seed + 100 * i``.
 
@@ -202,8 +214,10 @@ def align_piecewise(
         ``index``, ``status``, ``reason``, ``foreground``, ``inside`` (fraction mapping inside
         moving), ``metric_before``/``metric_after`` (Pearson in the block, on the voxels the kept
         result maps inside it), ``inliers``, ``steps`` (per step: ``seconds``, ``metric``, whether
-        it was ``kept`` and why not; for a field step its ``field_scale`` and ``det_min``),
-        ``seconds``. ``field.compute()`` computes values and report together. Statuses: ``"ok"``
+        it was ``kept`` and why not, ``profile``: seconds per level or stage and for checking the
+        result; for a field step its ``field_scale`` and ``det_min``), ``seconds`` (aligning) and
+        ``seconds_inputs`` (reading the block's regions and resampling moving through the static
+        transforms). ``field.compute()`` computes values and report together. Statuses: ``"ok"``
         (some step improved the block), ``"unchanged"`` (the steps ran, none improved it: its local
         transform is the identity), ``"skipped"`` (little foreground, or mostly outside moving),
         ``"failed"`` (every step raised an error, or its result disagrees with most of its
@@ -225,8 +239,8 @@ def align_piecewise(
     >>> fixed, moving, truth = lazyreg.data.synthetic_pair((32, 64, 64), seed=0)
     >>> field = lazyreg.align_piecewise(fixed, moving, [("affine", {})], blocksize=32,
     ...                                 static_transforms=[lazyreg.Affine(truth)])
-    >>> field.is_lazy, field.grid.shape
-    (True, (32, 64, 64))
+    >>> field.is_lazy, field.grid.shape     # every 2nd fixed voxel (field_spacing)
+    (True, (17, 33, 33))
     """
     validate_image(fixed, "fixed")
     validate_image(moving, "moving")
@@ -308,7 +322,8 @@ def _block_tasks(name, calls, layout: BlockLayout, fixed, moving, static, fixed_
                 refs.append(Ref(len(deps) - 1))
             else:
                 refs.append(k)
-        recipe = Deferred([task, *inputs, *refs])
+        # the clock is read first: the block's row tells how long reading its inputs took
+        recipe = Deferred([task, (time.perf_counter,), *inputs, *refs])
         layer[(name,) + idx] = (cached_call, f"block:{name}:{idx}", "block", _align_checked_block, recipe, *deps)
     return layer
 
