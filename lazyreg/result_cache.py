@@ -8,8 +8,11 @@ built on top of it - a written image, a slice, a metric, ``field.compute()``. Su
 on, the identity of the input files included (see :meth:`lazyreg.io.source.Source.token`), so a
 changed input is never served stale.
 
-* **In every process** results are kept in a bounded least-recently-used store (dask config
-  ``lazyreg.result-cache-bytes``, default :data:`RESULT_CACHE_BYTES`). Threads asking for the same
+* **In every process** results are kept in a bounded store (dask config
+  ``lazyreg.result-cache-bytes``, default :data:`RESULT_CACHE_BYTES`). Room is made by dropping
+  other computations' results, least recently used first; the blocks of one alignment never evict
+  each other: when they alone exceed the bound, those that fit are kept (and reused by the next
+  pass) and the rest are not, with a warning. Threads asking for the same
   token at once wait for one computation. On the threaded scheduler this is the whole story.
 * **On dask.distributed** a worker that computes a result also scatters it into the cluster's
   memory and publishes it on the scheduler under its token (a dask *published dataset*); a task for the same token on another worker fetches the value from there, or, if the
@@ -29,6 +32,7 @@ in this process (tests use it to prove that each block runs once).
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 import time
@@ -40,6 +44,8 @@ import dask
 
 from .errors import LazyregError
 from .validation import config_number
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Ref", "Deferred", "cached_call", "cache_info", "clear_cache", "result_cache_bytes", "RESULT_CACHE_BYTES", "compute_together"]
 
@@ -111,6 +117,19 @@ def result_cache_bytes() -> int:
     return config_number("lazyreg.result-cache-bytes", RESULT_CACHE_BYTES)
 
 
+def _group(token: str) -> str:
+    """The computation a token belongs to: ``"block:<alignment>:<index>"`` tokens of one
+    alignment form one group; any other token is a group of its own.
+
+    Examples
+    --------
+    >>> _group("block:lazyreg-block-ab12:(0, 1, 2)"), _group("align:cd34")
+    ('block:lazyreg-block-ab12', 'align:cd34')
+    """
+    head, sep, _ = token.rpartition(":")
+    return head if sep and ":" in head else token
+
+
 def _nbytes(value: Any) -> int:
     try:
         return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
@@ -119,7 +138,8 @@ def _nbytes(value: Any) -> int:
 
 
 class _Store:
-    """A thread-safe LRU of results by token, with one computation per token at a time."""
+    """A thread-safe, bounded store of results by token (see :meth:`put`), with one computation per
+    token at a time."""
 
     def __init__(self) -> None:
         self.items: OrderedDict = OrderedDict()  # token -> (value, nbytes)
@@ -127,6 +147,7 @@ class _Store:
         self.lock = threading.Lock()
         self.running: dict = {}  # token -> Event set when the computing thread is done
         self.counts: dict = {}  # kind -> {"computed": n, "reused": n, "fetched": n}
+        self.dropped: dict = {}  # group -> results not kept for want of room
 
     def count(self, kind: str, what: str) -> None:
         with self.lock:
@@ -152,17 +173,35 @@ class _Store:
         if ev is not None:
             ev.set()
 
-    def put(self, token: str, value: Any, limit: int) -> None:
+    def put(self, token: str, value: Any, limit: int) -> bool:
+        """Keep ``value`` if it fits (see :func:`cached_call`); whether it was kept."""
         n = _nbytes(value)
+        group = _group(token)
         with self.lock:
-            if n > limit:
-                return
             if token in self.items:
                 self.nbytes -= self.items.pop(token)[1]
+            # make room from other computations' results, least recently used first; a
+            # computation's own results are never evicted for each other: when they alone exceed
+            # the limit, a later pass over them reuses those kept (LRU would evict each one
+            # before the pass came back to it, and the whole computation would run again)
+            for t in [t for t in self.items if _group(t) != group]:
+                if self.nbytes + n <= limit:
+                    break
+                self.nbytes -= self.items.pop(t)[1]
+            if self.nbytes + n > limit:
+                first = group not in self.dropped
+                self.dropped[group] = self.dropped.get(group, 0) + 1
+                if first:
+                    log.warning(
+                        "lazyreg: registration results exceed the result cache (%.0f MiB held): "
+                        "later computations will compute the results not kept again; raise dask config "
+                        "lazyreg.result-cache-bytes, or compute the outputs together "
+                        "(lazyreg.result_cache.compute_together)", self.nbytes / 2**20,
+                    )
+                return False
             self.items[token] = (value, n)
             self.nbytes += n
-            while self.nbytes > limit and self.items:
-                self.nbytes -= self.items.popitem(last=False)[1][1]
+            return True
 
 
 _STORE = _Store()
@@ -288,6 +327,8 @@ def cache_info() -> dict:
     with _STORE.lock:
         out: dict = {k: dict(v) for k, v in _STORE.counts.items()}
         out["bytes"] = _STORE.nbytes
+        if _STORE.dropped:
+            out["not_kept"] = sum(_STORE.dropped.values())
     return out
 
 
@@ -296,6 +337,7 @@ def _clear_process() -> None:
         _STORE.items.clear()
         _STORE.nbytes = 0
         _STORE.counts.clear()
+        _STORE.dropped.clear()
     _HELD.clear()
 
 

@@ -477,3 +477,22 @@ def test_an_outlier_block_is_left_out_and_filled_from_its_neighbours():
     shift[:3, 3] = (0.0, 0.0, 7.0)
     rows[(1, 1, 1)] = dict(rows[(1, 1, 1)], matrix=shift)
     assert fill_block(layout, rows[(1, 1, 1)], *[rows[j] for j in layout.neighbours((1, 1, 1))])["status"] == "ok"
+
+
+def test_block_fields_kept_in_half_precision_change_the_field_by_under_a_thousandth(monkeypatch):
+    """Block fields are kept (and cached) as float16 when their displacements are at most 20
+    voxels: the blended field differs from the float32 one by less than 1e-3 of its largest
+    displacement (float16 rounds to 2**-11 of the value)."""
+    fixed, moving, A, _ = lazyreg.data.warped_pair((32, 64, 64), seed=2)
+    kw = dict(blocksize=32, static_transforms=[Affine(A)], foreground_fraction=0.05)
+    clear_cache()
+    half = lazyreg.align_piecewise(fixed, moving, **kw).compute(scheduler="threads")
+    clear_cache()
+    monkeypatch.setattr(block_align, "HALF_PRECISION_VOXELS", 0.0)
+    full = lazyreg.align_piecewise(fixed, moving, **kw).compute(scheduler="threads")
+    clear_cache()
+    assert sum(r["status"] == "ok" for r in full.report) >= 4, full.report
+    scale = np.abs(full.values).max()
+    assert scale > 0.5 * min(lazyreg.spacing(fixed))  # a real deformation was found
+    diff = np.abs(half.values - full.values).max()
+    assert 0 < diff < 1e-3 * scale, (diff, scale)

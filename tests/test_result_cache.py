@@ -129,6 +129,39 @@ def test_the_cache_is_bounded_and_can_be_cleared():
         A.compute(scheduler="threads")
 
 
+def test_blocks_of_one_alignment_do_not_evict_each_other(caplog):
+    """When one alignment's block results exceed the cache, those that fit stay (the next pass
+    reuses them) instead of each evicting the oldest (LRU: a second pass would recompute all);
+    other computations' results make room first; a warning says what to raise, once."""
+    import pickle
+
+    clear_cache()
+
+    def result(i):
+        return np.full(1000, float(i))
+
+    size = len(pickle.dumps(result(0), protocol=pickle.HIGHEST_PROTOCOL))
+    blocks = [f"block:lazyreg-block-a:({i}, 0, 0)" for i in range(5)]
+    with dask.config.set({"lazyreg.result-cache-bytes": int(3.5 * size)}), caplog.at_level("WARNING", "lazyreg"):
+        cached_call("align:x", "align", result, Deferred([9]))
+        for _ in range(2):  # two passes over the blocks, e.g. to_zarr then field.compute()
+            got = [cached_call(t, "block", result, Deferred([i])) for i, t in enumerate(blocks)]
+        assert all(g[0] == i for i, g in enumerate(got))
+        info = cache_info()
+        assert info["block"] == {"computed": 7, "reused": 3, "fetched": 0}, info  # blocks 3, 4 twice
+        assert info["not_kept"] == 4 and info["bytes"] <= 3.5 * size
+        warnings = [m for m in caplog.messages if "exceed the result cache" in m]
+        assert len(warnings) == 1 and "lazyreg.result-cache-bytes" in warnings[0]
+        cached_call("align:x", "align", result, Deferred([9]))  # evicted for the blocks: computed again
+        assert cache_info()["align"]["computed"] == 2
+        # another alignment's blocks evict the first one's, least recently used first
+        for i in range(3):
+            cached_call(f"block:lazyreg-block-b:({i}, 0, 0)", "block", result, Deferred([10 + i]))
+        assert cache_info()["block"]["computed"] == 10 and cache_info()["not_kept"] == 4
+    clear_cache()
+    assert "not_kept" not in cache_info()
+
+
 def test_threads_asking_for_the_same_result_wait_for_one_computation():
     import threading
     import time

@@ -41,11 +41,12 @@ SLAB_POINTS = 1 << 18
 
 
 def _interp_clamped(values: np.ndarray, grid: Grid, points: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of (Z, Y, X, 3) values at physical points, edge values beyond."""
+    """Trilinear interpolation of (Z, Y, X, 3) values at physical points, edge values beyond
+    (float16 values, as block fields are kept, are interpolated in float32)."""
     idx = grid.to_index(points).T
     out = np.empty((points.shape[0], 3))
     for c in range(3):
-        out[:, c] = ndi.map_coordinates(values[..., c], idx, order=1, mode="nearest")
+        out[:, c] = ndi.map_coordinates(values[..., c].astype(np.float32, copy=False), idx, order=1, mode="nearest")
     return out
 
 
