@@ -279,6 +279,7 @@ def run_scaling(work: Path, steps, args) -> dict:
     from distributed import Client, LocalCluster
 
     import lazyreg
+    from lazyreg.result_cache import clear_cache
 
     fix0 = lazyreg.open_image(work / "fixed.ome.zarr")
     mov0 = lazyreg.open_image(work / "moving.ome.zarr")
@@ -308,6 +309,7 @@ def run_scaling(work: Path, steps, args) -> dict:
             }
             print(f"{workers} worker(s): {seconds:.1f} s, {tasks} tasks, overhead {overhead * 1e3:.2f} ms/task, "
                   f"block seconds sum {prof['block_seconds']['sum']}", flush=True)
+            clear_cache()  # release the published results before the workers go
     eff = runs[1]["seconds"] / (2 * runs[2]["seconds"])
     # projection for 100 workers on the full-size pair: blocks run in waves of 100; the scheduler
     # handles every task of the graph serially
