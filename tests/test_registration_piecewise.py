@@ -496,3 +496,21 @@ def test_block_fields_kept_in_half_precision_change_the_field_by_under_a_thousan
     assert scale > 0.5 * min(lazyreg.spacing(fixed))  # a real deformation was found
     diff = np.abs(half.values - full.values).max()
     assert 0 < diff < 1e-3 * scale, (diff, scale)
+
+
+def test_block_rows_say_where_the_time_went():
+    """Each aligned block's row gives the seconds reading its inputs and, per step, a profile:
+    seconds per level (demons, ITK) or stage (ransac) and for checking the result."""
+    fixed, moving, A, _ = lazyreg.data.warped_pair((32, 64, 64), seed=2)
+    steps = [("ransac", {"blob_sizes": (2, 8), "fallback": "identity"}), ("demons", {})]
+    f = lazyreg.align_piecewise(fixed, moving, steps, blocksize=32, static_transforms=[Affine(A)],
+                                foreground_fraction=0.05).compute(scheduler="threads")
+    ok = [r for r in f.report if r["status"] == "ok"]
+    assert ok, f.report
+    for r in ok:
+        assert 0 <= r["seconds_inputs"] < 60 and r["seconds"] > 0
+        ransac, demons = r["steps"]
+        assert set(demons["profile"]) == {"level 1 (shrink 4)", "level 2 (shrink 2)", "other", "check"}
+        assert sum(v for k, v in demons["profile"].items() if k != "check") <= demons["seconds"] + 1e-3
+        if ransac["profile"] is not None:  # ran (it may fail on a small block: then no profile)
+            assert {"detect", "describe", "match"} <= set(ransac["profile"])
