@@ -84,6 +84,7 @@ BIGSTREAM_BLOCK_STEPS = [
 ]
 SCALING_CROP_BLOCKS = (3, 2, 4)
 SCALING_TRIVIAL_TASKS = 2000
+ITK_THREADS_VARIABLE = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 LATTICE_STEP = 2  # TRE lattice: every 2nd voxel of the pyramid level 1 inside the tissue
 
 
@@ -291,8 +292,10 @@ def run_scaling(work: Path, steps, args) -> dict:
     fix_c = fix0.isel(**sl)
     runs = {}
     for workers in (1, 2):
+        # a worker thread is a core: ITK's filters inside the demons take the process-wide default
+        # (all cores) whatever the step asks; the variable sets it when ITK loads in the worker
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit="4GiB",
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=None, env={ITK_THREADS_VARIABLE: "1"}) as cluster, Client(cluster) as client:
             field = lazyreg.align_piecewise(fix_c, mov0, steps, blocksize=BLOCKSIZE, static_transforms=[A])
             tasks = len(dict(field.data.data.__dask_graph__()))
             t0 = time.perf_counter()

@@ -26,7 +26,6 @@ from ..interpolation import resample_array
 from ..transforms.affine import Affine
 from ..transforms.jacobian import determinant_values
 from ..transforms.points import transform_points
-from .itk_threads import single_threaded_itk
 from .steps import run_steps
 
 __all__ = ["BlockTask", "align_block", "report_rows", "regular_field", "compact_field", "step_profile", "REPORT_KEYS"]
@@ -299,11 +298,10 @@ class _StepRunner:
             row.update(field_scale=None, det_min=None)
         self.rows.append(row)
         try:
-            with single_threaded_itk():  # one block per core: ITK's inner filters must not spawn more
-                state = run_steps(
-                    [call], *self.images, fixed_mask=self.masks[0], moving_mask=self.masks[1], initial=self.matrix,
-                    seed=self.task.seed + i, field_grid=self.task.field_grid, threads=1,
-                )
+            state = run_steps(
+                [call], *self.images, fixed_mask=self.masks[0], moving_mask=self.masks[1], initial=self.matrix,
+                seed=self.task.seed + i, field_grid=self.task.field_grid, threads=1,
+            )
         except (LazyregError, RuntimeError, ValueError, np.linalg.LinAlgError) as e:
             row["reason"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             row["seconds"] = round(time.perf_counter() - t0, 3)
