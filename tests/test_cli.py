@@ -319,6 +319,25 @@ def test_invert_on_a_local_cluster_gives_the_inverse_field(pair, tmp_path):
     assert report["scheduler"]["workers"] == 1 and "LocalCluster worker" in report["peak_memory"]["scope"]
 
 
+@pytest.mark.slow
+def test_local_cluster_workers_give_itk_their_own_thread_count():
+    """The LocalCluster of --scheduler local sets ITK's process-wide default thread count in each
+    worker to the worker's threads: the filters the demons build inside themselves take that
+    default, and with all cores each 1-thread worker kept 1.6 cores busy (benchmarks/README.md)."""
+    import argparse
+
+    import SimpleITK as sitk
+
+    from lazyreg.cli.session import Session, dask_scheduler
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    s = Session(argparse.Namespace(quiet=True, debug=False, argv=[], scheduler="local", workers=2, threads=1, memory_limit="1GiB"))
+    with dask_scheduler(s):
+        got = s.client.run(lambda: __import__("SimpleITK").ProcessObject.GetGlobalDefaultNumberOfThreads())
+    assert sorted(got.values()) == [1, 1]
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before  # this process: untouched
+
+
 # ---------------------------------------------------------------------------------------- errors
 def test_a_bad_step_file_gives_one_line_and_exit_code_2(pair, tmp_path):
     bad = tmp_path / "bad.json"

@@ -234,6 +234,8 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
     """(client, LocalCluster or None): a new LocalCluster for ``local``, else the scheduler at the address."""
     from distributed import Client, LocalCluster
 
+    from .worker_setup import ItkThreads
+
     kind = args.scheduler
     if kind == "local":
         limit: Any = args.memory_limit or "auto"
@@ -248,7 +250,9 @@ def _connect(args: argparse.Namespace) -> tuple[Any, Any]:
             silence_logs=logging.ERROR,
         )
         try:
-            return Client(cluster), cluster
+            client = Client(cluster)
+            client.register_plugin(ItkThreads(), name="lazyreg-itk-threads")
+            return client, cluster
         except BaseException:
             cluster.close()
             raise
