@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..images import grid_of
 from .inputs import image_spacing, input_paths, load_transforms, open_input, read_steps
 from .outputs import check_not_input, describe, output_guard, pictures, prepare_folder, quality_pictures, write_json
 from ..result_cache import compute_together
@@ -206,14 +205,12 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
     from ..io.omezarr import output_format
     from ..io.transform_files import load_transform, save_field_zarr
     from ..progress import PeakMemory
-    from ..registration.piecewise import DEFAULT_STEPS, FIELD_SPACING_VOXELS, align_piecewise
+    from ..registration.piecewise import DEFAULT_STEPS, align_piecewise
 
     steps = list(DEFAULT_STEPS) if args.steps is None else read_steps(args.steps)
     fixed = open_input(args.fixed, "fixed", spacing=image_spacing(args, "fixed"))
     moving = open_input(args.moving, "moving", spacing=image_spacing(args, "moving"))
     session.data_bytes = fixed.nbytes + moving.nbytes
-    if args.field_spacing is None:
-        args.field_spacing = tuple(FIELD_SPACING_VOXELS * s for s in grid_of(fixed, "fixed").spacing)
     static = load_transforms(args.static, "--static")
     out = prepare_folder(args.output, args.overwrite)
     check_not_input([out / n for n in PIECEWISE_OUTPUTS], input_paths(args.fixed, args.moving, *args.static), folder=out)
@@ -229,6 +226,7 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
         foreground_threshold=args.foreground_threshold,
         seed=args.seed,
     )
+    args.field_spacing = tuple(float(s) for s in lazy.grid.spacing)  # in effect (default included), for the report
 
     with PeakMemory() as memory, dask_scheduler(session), output_guard(out, folder=True), output_format(args.ome_zarr_version):
         with session.progress.phase("piecewise alignment"):

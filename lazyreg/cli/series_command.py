@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LazyregError
-from ..images import grid_of
-from ..registration.piecewise import FIELD_SPACING_VOXELS
 from .align_commands import steps_in_effect
 from .inputs import image_spacing, input_paths, open_input, read_steps, split_path
 from .outputs import check_not_input, describe, output_guard, prepare_folder, write_json
@@ -87,8 +85,7 @@ def series_command(args: argparse.Namespace, session: Session) -> None:
     check_not_input([out / n for n in names] + [out / "report.json"], input_paths(args.fixed, *args.movings), folder=out)
     piecewise: Any = False
     if args.piecewise:
-        field_spacing = tuple(FIELD_SPACING_VOXELS * s for s in grid_of(fixed, "fixed").spacing)
-        piecewise = {"blocksize": args.blocksize, "field_spacing": field_spacing}
+        piecewise = {"blocksize": args.blocksize}  # align_piecewise's default field grid
     series = align_series(fixed, movings, steps, piecewise=piecewise, chain=args.chain, seed=args.seed)
 
     with PeakMemory() as memory, dask_scheduler(session), output_guard(out, folder=True), output_format(args.ome_zarr_version):
