@@ -217,6 +217,31 @@ def _noisy(values: np.ndarray, sigma: float, seed: int) -> np.ndarray:
     return np.clip(np.rint(v), 0, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
+def tutorial_truth(tut) -> list:
+    """The known transform ``[A_true, D_true]`` of the tutorial pair, on the image ``tut``'s grid:
+    :data:`TUTORIAL_AFFINE` about the grid centre, and :func:`plane_waves` on a grid
+    :data:`TRUTH_FIELD_FACTOR` times coarser, scaled to :data:`AMPLITUDE_VOXELS` (mean) voxels."""
+    import lazyreg
+
+    sp = lazyreg.spacing(tut)
+    g = lazyreg.Grid(tut.shape, sp, lazyreg.origin(tut))
+    lo, hi = g.extent
+    A_true = lazyreg.Affine.from_parameters(center=(lo + hi) / 2, **TUTORIAL_AFFINE)
+    fg = coarse_grid(g, TRUTH_FIELD_FACTOR)
+    pts = fg.to_physical(np.indices(fg.shape).reshape(3, -1).T)
+    d = plane_waves(pts, SEED, 1.0)
+    d *= AMPLITUDE_VOXELS * float(np.exp(np.mean(np.log(sp)))) / np.linalg.norm(d, axis=1).max()
+    D_true = lazyreg.DisplacementField.from_array(d.reshape(fg.shape + (3,)).astype(np.float32), fg.spacing, fg.origin)
+    return [A_true, D_true]
+
+
+def tutorial_noise_sigma(values: np.ndarray) -> float:
+    """Standard deviation of the noise added to the tutorial pairs: :data:`NOISE_TUTORIAL` of the
+    1st-99th percentile range."""
+    p1, p99 = np.percentile(values[::2, ::2, ::2], [1, 99])
+    return NOISE_TUTORIAL * float(p99 - p1)
+
+
 def tutorial_pair(data: Path, quick: bool) -> dict:
     import lazyreg
 
@@ -225,19 +250,13 @@ def tutorial_pair(data: Path, quick: bool) -> dict:
         tut = tut.isel(z=TUTORIAL_CROP_QUICK[0], y=TUTORIAL_CROP_QUICK[1], x=TUTORIAL_CROP_QUICK[2])
     tut = tut.compute()
     sp, org = lazyreg.spacing(tut), lazyreg.origin(tut)
-    g = lazyreg.Grid(tut.shape, sp, org)
-    lo, hi = g.extent
-    A_true = lazyreg.Affine.from_parameters(center=(lo + hi) / 2, **TUTORIAL_AFFINE)
-    fg = coarse_grid(g, TRUTH_FIELD_FACTOR)
-    pts = fg.to_physical(np.indices(fg.shape).reshape(3, -1).T)
-    d = plane_waves(pts, SEED, 1.0)
-    d *= AMPLITUDE_VOXELS * float(np.exp(np.mean(np.log(sp)))) / np.linalg.norm(d, axis=1).max()
-    D_true = lazyreg.DisplacementField.from_array(d.reshape(fg.shape + (3,)).astype(np.float32), fg.spacing, fg.origin)
-    truth = [A_true, D_true]
+    truth = tutorial_truth(tut)
+    A_true, D_true = truth
+    fg = D_true.grid
+    d = D_true.values.reshape(-1, 3)
     warped = lazyreg.apply_transform(tut, tut, truth).values
     v = tut.values
-    p1, p99 = np.percentile(v[::2, ::2, ::2], [1, 99])
-    sigma = NOISE_TUTORIAL * float(p99 - p1)
+    sigma = tutorial_noise_sigma(v)
     return {
         "fixed": _noisy(warped, sigma, SEED + 1),
         "moving": _noisy(v, sigma, SEED + 2),

@@ -61,15 +61,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _common import GiB, RSSSampler, cpu_seconds, machine_info, table, write_json  # noqa: E402
-from bench_accuracy import (  # noqa: E402
-    AMPLITUDE_VOXELS,
-    NOISE_TUTORIAL,
-    SEED,
-    TRUTH_FIELD_FACTOR,
-    TUTORIAL_AFFINE,
-    coarse_grid,
-    plane_waves,
-)
+from bench_accuracy import SEED, TUTORIAL_AFFINE, tutorial_noise_sigma, tutorial_truth  # noqa: E402
 
 BIGSTREAM_HOURS = (4.4, 5.0)  # bigstream's projection for the full-resolution tutorial pair, 2 cores
 GOAL_SECONDS = 600.0
@@ -102,22 +94,14 @@ def make_pair(data: Path, work: Path, factor: int, crop: tuple | None) -> dict:
         tut = tut.isel(z=crop[0], y=crop[1], x=crop[2])
     tut = tut.compute()
     sp, org = np.asarray(lazyreg.spacing(tut)), np.asarray(lazyreg.origin(tut))
-    g = lazyreg.Grid(tut.shape, tuple(sp), tuple(org))
-    lo, hi = g.extent
-    A_true = lazyreg.Affine.from_parameters(center=(lo + hi) / 2, **TUTORIAL_AFFINE)
-    fg = coarse_grid(g, TRUTH_FIELD_FACTOR)
-    pts = fg.to_physical(np.indices(fg.shape).reshape(3, -1).T)
-    d = plane_waves(pts, SEED, 1.0)
-    d *= AMPLITUDE_VOXELS * float(np.exp(np.mean(np.log(sp)))) / np.linalg.norm(d, axis=1).max()
-    D_true = lazyreg.DisplacementField.from_array(d.reshape(fg.shape + (3,)).astype(np.float32), fg.spacing, fg.origin)
+    A_true, D_true = tutorial_truth(tut)
     # the fine grid covers the lowres voxels: 2 fine voxels per coarse one, centres a quarter in
     fine_sp = sp / factor
     fine_org = org - sp / 2 + fine_sp / 2
     shape = tuple(int(n) * factor for n in tut.shape)
     template = lazyreg.image(da.zeros(shape, dtype=np.uint16, chunks=CHUNKS), tuple(fine_sp), tuple(fine_org))
     v = tut.values
-    p1, p99 = np.percentile(v[::2, ::2, ::2], [1, 99])
-    sigma = float(NOISE_TUTORIAL * (p99 - p1))
+    sigma = tutorial_noise_sigma(v)
 
     def noisy(img, seed):
         def add(block, block_info=None):
@@ -138,7 +122,7 @@ def make_pair(data: Path, work: Path, factor: int, crop: tuple | None) -> dict:
     info = {
         "shape": list(shape), "voxels": int(np.prod(shape)), "spacing": fine_sp.tolist(), "origin": fine_org.tolist(),
         "source": f"{data / 'fix.n5'}:lowres" + (f" crop {crop}" if crop else "") + f", linear resampling x{factor} per axis",
-        "noise_sigma": sigma, "truth_affine": TUTORIAL_AFFINE, "truth_field_max_um": float(np.linalg.norm(d, axis=1).max()),
+        "noise_sigma": sigma, "truth_affine": TUTORIAL_AFFINE, "truth_field_max_um": float(np.linalg.norm(D_true.values, axis=-1).max()),
         "seconds_to_generate": round(time.perf_counter() - t0, 1),
     }
     (work / "pair.json").write_text(json.dumps(info, indent=1))
@@ -197,7 +181,7 @@ def block_profile(report: list) -> dict:
 # -------------------------------------------------------------------------------------- pipeline
 
 
-def run_pipeline(work: Path, steps, args) -> dict:
+def run_pipeline(work: Path, steps) -> dict:
     import lazyreg
     from lazyreg.result_cache import cache_info, clear_cache
 
@@ -276,7 +260,7 @@ def trivial_overhead(client, n: int) -> float:
     return seconds / tasks
 
 
-def run_scaling(work: Path, steps, args) -> dict:
+def run_scaling(work: Path, steps) -> dict:
     from distributed import Client, LocalCluster
 
     import lazyreg
@@ -407,10 +391,10 @@ def main() -> int:
     steps = None if args.steps == "default" else BIGSTREAM_BLOCK_STEPS
     record: dict = {"pair": info}
     if args.scaling:
-        record["scaling"] = run_scaling(work, steps, args)
+        record["scaling"] = run_scaling(work, steps)
         suffix = "_scaling"
     else:
-        r = run_pipeline(work, steps, args)
+        r = run_pipeline(work, steps)
         record["pipeline"] = r
         suffix = "" if args.steps == "default" else f"_{args.steps}"
         print(table([[k, v] for k, v in r["block_profile"]["stage_seconds_sum"].items()], ["block time in", "s (sum)"]))
