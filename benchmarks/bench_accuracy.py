@@ -27,8 +27,11 @@ Registration, per pair (each tool in its own subprocess, so that its peak RSS an
   ``[("affine", {}), ("deform", {})]`` (the table says so). Blocksize 128 (phantom: 64).
 * ``lazyreg default (blocksize 64)``, tutorial only, with ``--small-blocks``: the same default steps on blocks half as large
   (their B-spline mesh scales with the block, so this halves the control-point spacing).
-* ``lazyreg bspline``: the default steps before demons (2026-11: an affine, then a B-spline with 3
-  mesh intervals across the block's region on 20 000 samples), same blocksize: the same-run comparison.
+* ``lazyreg balanced`` / ``lazyreg fast``: ``align_piecewise(..., quality="balanced" | "fast")``
+  (the demons alone; the demons at a quarter resolution), same blocksize: the same-run comparison of
+  the presets (the default is ``quality="best"``).
+* ``lazyreg bspline`` (``--former``): the default steps before demons (2026-11: an affine, then a
+  B-spline with 3 mesh intervals across the block's region on 20 000 samples), same blocksize.
 * ``lazyreg bigstream``: bigstream's tutorial steps (ransac + deform, control points every 128 um,
   10 iterations) at blocksize 128 (phantom: 64), as ``bench_piecewise.py``.
 * ``sitk bspline``: SimpleITK's ``ImageRegistrationMethod`` on the whole volume in memory, written
@@ -399,6 +402,9 @@ def worker_lazyreg(work: Path, spec: dict) -> dict:
                 field = lazyreg.align_piecewise(fixed, moving, FALLBACK_STEPS, **kw)
                 rec["steps"] = FALLBACK_STEPS
                 rec["steps_note"] = f"fallback: calling align_piecewise without steps failed ({e})"
+        elif spec["config"] in ("balanced", "fast"):
+            field = lazyreg.align_piecewise(fixed, moving, quality=spec["config"], **kw)
+            rec["steps"] = f"quality={spec['config']}"
         else:
             rec["steps"] = BSPLINE_STEPS if spec["config"] == "bspline" else bigstream_steps(spec["pair"])
             field = lazyreg.align_piecewise(fixed, moving, rec["steps"], **kw)
@@ -751,6 +757,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--small-blocks", action="store_true",
                     help="also the default steps at half the blocksize on the tutorial (64: 96 blocks, ~10 min more)")
+    ap.add_argument("--former", action="store_true", help="also the block steps of 2026-11 (affine + B-spline)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -856,7 +863,10 @@ def main() -> int:
                 runs += [("lazyreg", "default", f"lazyreg piecewise default (blocksize {bs}{ff})")]
                 if pname == "tutorial" and args.small_blocks:  # the default steps on smaller blocks (their mesh scales with the block)
                     runs.append(("lazyreg", "default-half", f"lazyreg piecewise default (blocksize {bs // 2})"))
-                runs.append(("lazyreg", "bspline", f"lazyreg piecewise former default, affine + B-spline (blocksize {bs}{ff})"))
+                for q in ("balanced", "fast"):
+                    runs.append(("lazyreg", q, f"lazyreg piecewise quality={q} (blocksize {bs}{ff})"))
+                if args.former:
+                    runs.append(("lazyreg", "bspline", f"lazyreg piecewise former default, affine + B-spline (blocksize {bs}{ff})"))
                 runs.append(("lazyreg", "bigstream", f"lazyreg piecewise bigstream steps (blocksize {bs}{ff})"))
             if "sitk" in tools:
                 runs.append(("sitk", "", "SimpleITK B-spline, whole volume"))

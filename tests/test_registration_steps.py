@@ -49,7 +49,7 @@ def test_building_runs_nothing_and_result_is_lazy():
         ([("random", {"candidate": 5})], r"unknown option 'candidate'"),
         ([("affine", [])], "options must be a dict"),
         ([], "non-empty list"),
-        ([("deform", {}), ("affine", {})], "'deform' returns a displacement field, so it must be the last step"),
+        ([("deform", {}), ("affine", {})], "'deform' returns a displacement field, so only steps returning fields may follow it"),
     ],
 )
 def test_step_validation_is_up_front(steps, message):

@@ -205,9 +205,9 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
     from ..io.omezarr import output_format
     from ..io.transform_files import load_transform, save_field_zarr
     from ..progress import PeakMemory
-    from ..registration.piecewise import DEFAULT_STEPS, align_piecewise
+    from ..registration.piecewise import align_piecewise, quality_steps
 
-    steps = list(DEFAULT_STEPS) if args.steps is None else read_steps(args.steps)
+    steps = list(quality_steps(args.quality, None if args.steps is None else read_steps(args.steps)))
     fixed = open_input(args.fixed, "fixed", spacing=image_spacing(args, "fixed"))
     moving = open_input(args.moving, "moving", spacing=image_spacing(args, "moving"))
     session.data_bytes = fixed.nbytes + moving.nbytes

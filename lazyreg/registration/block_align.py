@@ -24,6 +24,7 @@ from ..images import Grid, image
 from ..metrics import pearson_arrays
 from ..interpolation import resample_array
 from ..transforms.affine import Affine
+from ..transforms.field import DisplacementField
 from ..transforms.jacobian import determinant_values
 from ..transforms.points import transform_points
 from .steps import run_steps
@@ -300,6 +301,8 @@ class _StepRunner:
         try:
             state = run_steps(
                 [call], *self.images, fixed_mask=self.masks[0], moving_mask=self.masks[1], initial=self.matrix,
+                initial_field=None if self.field is None else DisplacementField.from_array(
+                    self.field[0], self.field[1].spacing, self.field[1].origin),
                 seed=self.task.seed + i, field_grid=self.task.field_grid, threads=1,
             )
         except (LazyregError, RuntimeError, ValueError, np.linalg.LinAlgError) as e:

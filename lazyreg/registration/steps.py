@@ -5,7 +5,10 @@ in-memory images and returns a transform object whose ``.report`` (a dict) says 
 
 * an :class:`~lazyreg.Affine` - the whole fixed -> moving affine, ``initial`` included - or
 * a :class:`~lazyreg.DisplacementField` ``D`` applied before ``initial``: the whole transform is
-  the list ``[initial, D]``. Such a step comes last in a pipeline.
+  the list ``[initial, D]``. Such steps come last in a pipeline. A field step after a field step
+  ``F`` aligns fixed with moving resampled through ``[initial, F]`` (``initial`` the identity), and
+  its field ``U`` is composed with ``F`` into one field, ``x -> F(U(x))``: several field steps, e.g.
+  a B-spline then the demons, refine one another and still give ``[initial, D]``.
 
 A step may also accept any of ``seed``, ``fixed_mask``, ``moving_mask``, ``threads`` and
 ``field_grid``; the pipeline supplies them. Each registered step has a *validator* that
@@ -26,9 +29,10 @@ import numpy as np
 import xarray as xr
 
 from ..errors import LazyregError
-from ..images import Grid
+from ..images import Grid, grid_of, image
+from ..interpolation import resample_array
 from ..transforms.affine import Affine
-from ..transforms.field import DisplacementField
+from ..transforms.field import DisplacementField, interpolate_field
 from ..validation import check_seed, suggest
 from .features import align_features, validate_options
 from .itk import align_affine, align_deformable
@@ -161,7 +165,9 @@ def register_step(
         ``moving_mask``, ``threads``, ``field_grid``: they are supplied. Keyword-only parameters
         are its options. It must be importable where the work runs (dask workers).
     returns : {"affine", "field"}
-        What ``func`` returns. A field step must come last in a pipeline.
+        What ``func`` returns. Field steps come last in a pipeline; a field step after another
+        aligns moving as the transform so far leaves it (resampled onto fixed's grid, ``initial``
+        the identity), and the pipeline composes the two fields into one.
     validate : callable, optional
         ``validate(options)`` called by :func:`parse_steps` before anything runs; raise a
         :class:`~lazyreg.LazyregError` naming the bad option. Option names are always checked.
@@ -247,10 +253,12 @@ def parse_steps(steps: Any) -> list[StepCall]:
         raise LazyregError(f"steps: expected a non-empty list of (name, options) pairs, got {steps!r}")
     calls = [_parse_one(i, st) for i, st in enumerate(steps)]
     fields = [i for i, c in enumerate(calls) if c.step.returns == "field"]
-    if len(fields) > 1:
-        raise LazyregError(f"steps: at most one step returning a field (it must be the last), got {len(fields)}")
-    if fields and fields[0] != len(calls) - 1:
-        raise LazyregError(f"steps: {calls[fields[0]].name!r} returns a displacement field, so it must be the last step")
+    if fields and fields[-1] - fields[0] != len(fields) - 1 or fields and fields[-1] != len(calls) - 1:
+        after = next(c for c in calls[fields[0]:] if c.step.returns != "field")
+        raise LazyregError(
+            f"steps: {calls[fields[0]].name!r} returns a displacement field, so only steps returning fields may "
+            f"follow it (got {after.name!r} after it)"
+        )
     return calls
 
 
@@ -292,7 +300,7 @@ def field_step_grid(calls: Sequence[StepCall], fixed: Grid) -> Grid | None:
     >>> field_step_grid(calls, Grid((40, 80, 80), 1.0)).spacing
     (4.0, 4.0, 4.0)
     """
-    for c in calls:
+    for c in reversed(calls):
         if c.step.returns == "field":
             opts = dict(c.options, **c.step.fixed_options)
             return c.step.field_grid(fixed, opts) if c.step.field_grid is not None else fixed
@@ -308,7 +316,13 @@ def _run_one(call: StepCall, fixed, moving, state: dict, *, seed: int, masks: tu
         if value is not None and key not in kwargs and step.accepts(key):
             kwargs[key] = value
     t0 = time.perf_counter()
-    result = step.func(fixed, moving, initial=state["affine"], **kwargs)
+    chained = step.returns == "field" and state["field"] is not None
+    if chained:
+        # a field step after a field step aligns moving as the previous steps left it
+        moving, moving_mask = _warped_image(fixed, moving, state["affine"], state["field"], masks[1])
+        if step.accepts("moving_mask"):
+            kwargs["moving_mask"] = moving_mask
+    result = step.func(fixed, moving, initial=np.eye(4) if chained else state["affine"], **kwargs)
     report = dict(getattr(result, "report", None) or {})
     report["step"] = call.name  # the pipeline's name for the step (the function may use its own)
     report["seconds_total"] = time.perf_counter() - t0
@@ -319,12 +333,38 @@ def _run_one(call: StepCall, fixed, moving, state: dict, *, seed: int, masks: tu
             raise LazyregError(f"steps: {call.name!r} must return a lazyreg.DisplacementField, got {type(result).__name__}")
         if field_grid is not None and result.grid != field_grid:
             raise LazyregError(f"steps: {call.name!r} returned a field on {result.grid}, expected {field_grid}")
-        new["field"] = result.compute()
+        new["field"] = _after(state["field"], result.compute()) if chained else result.compute()
     else:
         if not isinstance(result, Affine):
             raise LazyregError(f"steps: {call.name!r} must return a lazyreg.Affine, got {type(result).__name__}")
         new["affine"] = Affine(result.compute().matrix)
     return new
+
+
+def _warped_image(fixed, moving, affine: Affine, field: DisplacementField, moving_mask) -> tuple:
+    """Moving resampled onto fixed's grid through ``[affine, field]`` (0 outside moving), and the
+    mask of the fixed voxels that received moving data (inside ``moving_mask`` if given)."""
+    fg, mg = grid_of(fixed, "fixed"), grid_of(moving, "moving")
+    fv = np.asarray(field.values, dtype=np.float32)
+    chain = [("affine", np.asarray(affine.matrix, dtype=float), None), ("field", fv, field.grid)]
+    warped = resample_array(np.asarray(moving.values), mg, fg, chain, order=3, fill_value=np.nan,
+                            dtype=np.dtype(np.float32))
+    inside = np.isfinite(warped)
+    if moving_mask is not None:
+        inside &= resample_array(np.asarray(moving_mask.values, dtype=np.uint8), mg, fg, chain, order=0,
+                                 fill_value=0, dtype=np.dtype(np.uint8)).astype(bool)
+    return image(np.where(inside, warped, 0).astype(np.float32), fg.spacing, fg.origin), image(inside, fg.spacing, fg.origin)
+
+
+def _after(first: DisplacementField, then: DisplacementField) -> DisplacementField:
+    """One field for ``[first, then]``: ``x + u(x) + f(x + u(x))``, on ``then``'s grid."""
+    g = then.grid
+    u = np.asarray(then.values, dtype=np.float64)
+    lo, hi = first.grid.extent
+    # points that ``then`` moves past the edge of ``first``'s grid take its edge value (not zero)
+    pts = np.clip(g.to_physical(np.indices(g.shape).reshape(3, -1).T) + u.reshape(-1, 3), lo, hi)
+    f = interpolate_field(np.asarray(first.values, dtype=np.float64), first.grid, pts).reshape(u.shape)
+    return DisplacementField.from_array((u + f).astype(np.float32), g.spacing, g.origin, report=then.report)
 
 
 def run_steps(
@@ -335,6 +375,7 @@ def run_steps(
     fixed_mask: xr.DataArray | None = None,
     moving_mask: xr.DataArray | None = None,
     initial: Any = None,
+    initial_field: DisplacementField | None = None,
     seed: int = 0,
     field_grid: Grid | None = None,
     threads: int | None = None,
@@ -344,7 +385,10 @@ def run_steps(
     Returns the state: ``affine`` (an :class:`~lazyreg.Affine`), ``field`` (a
     :class:`~lazyreg.DisplacementField` on ``field_grid``, or None) and ``reports`` (one dict per
     step). Step ``i`` gets ``seed + i``; ``threads`` goes to steps that take it and were not given
-    it. Used by :func:`lazyreg.align` (one task) and by piecewise alignment (one task per block).
+    it. ``initial_field`` (a field applied before ``initial``, as a previous field step returns it)
+    may only be followed by field steps. A field step after a field step aligns moving resampled
+    through the transform so far, and the state's field becomes the composition of both. Used by
+    :func:`lazyreg.align` (one task) and by piecewise alignment (one task per block).
 
     Examples
     --------
@@ -356,7 +400,9 @@ def run_steps(
     """
     calls = parse_steps(steps)
     check_seed(seed)
-    state = {"affine": Affine(np.eye(4) if initial is None else initial), "field": None, "reports": []}
+    if initial_field is not None and any(c.step.returns != "field" for c in calls):
+        raise LazyregError("run_steps: an initial field can only be followed by steps returning fields")
+    state = {"affine": Affine(np.eye(4) if initial is None else initial), "field": initial_field, "reports": []}
     for i, call in enumerate(calls):
         state = _run_one(
             call, fixed, moving, state, seed=int(seed) + i, masks=(fixed_mask, moving_mask), threads=threads,
