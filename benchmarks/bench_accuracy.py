@@ -408,11 +408,14 @@ def worker_lazyreg(work: Path, spec: dict) -> dict:
         else:
             rec["steps"] = BSPLINE_STEPS if spec["config"] == "bspline" else bigstream_steps(spec["pair"])
             field = lazyreg.align_piecewise(fixed, moving, rec["steps"], **kw)
-        rec["chunks"] = [list(c) for c in field.chunks[:3]]
+        # the block cores in fixed voxels (the field's own chunks are on its grid, every 2nd voxel)
+        rec["chunks"] = [[b] * (n // b) + ([n % b] if n % b else []) for b, n in zip(bs, fixed.shape)]
         field = field.compute()
     rec["peak_rss_bytes"] = peak_rss()
     rec["blocksize"] = list(bs)
     np.save(work / "field.npy", np.asarray(field.values, dtype=np.float32))
+    # align_piecewise's field grid is not the fixed grid (every 2nd fixed voxel by default)
+    rec["field_grid"] = {"spacing": list(field.grid.spacing), "origin": list(field.grid.origin)}
     rec["block_rows"] = field.report
     return rec
 
@@ -890,7 +893,8 @@ def main() -> int:
                         wrong.append(f"{pname}: {label} failed: {err}")
                     continue
                 Dv = np.load(work / "field.npy")
-                D = lazyreg.DisplacementField.from_array(Dv, sc.sp, sc.org)
+                fg = rec.pop("field_grid", {"spacing": sc.sp, "origin": sc.org})  # other tools: the fixed grid
+                D = lazyreg.DisplacementField.from_array(Dv, fg["spacing"], fg["origin"])
                 note, extra = None, {}
                 if tool == "lazyreg":
                     rows = rec.pop("block_rows")

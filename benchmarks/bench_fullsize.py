@@ -33,7 +33,8 @@ parallel efficiency and a projection for 100 workers.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_fullsize.py                    # default steps (demons)
+    .venv/bin/python benchmarks/bench_fullsize.py                    # the demons (default until 2026-12)
+    .venv/bin/python benchmarks/bench_fullsize.py --steps best       # quality="best", now the default
     .venv/bin/python benchmarks/bench_fullsize.py --steps bigstream  # ransac + deform per block
     .venv/bin/python benchmarks/bench_fullsize.py --scaling
     .venv/bin/python benchmarks/bench_fullsize.py --quick            # a 4x smaller pair, smoke run
@@ -223,7 +224,7 @@ def run_pipeline(work: Path, steps) -> dict:
     voxels = int(np.prod(fix0.shape))
     return {
         "load_average_at_start": load_start,
-        "steps": steps if steps is not None else "default",
+        "steps": steps,
         "shape": list(fix0.shape), "voxels": voxels, "blocksize": BLOCKSIZE,
         "seconds_total": round(t_all, 1), "seconds_build_graph": round(t_build, 2),
         "seconds_to_zarr": round(t_write - t_build, 1), "seconds_reuse": round(t_all - t_write, 2),
@@ -366,7 +367,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "tutorial")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lazyreg-fullsize")
-    ap.add_argument("--steps", choices=("default", "bigstream"), default="default")
+    ap.add_argument("--steps", choices=("demons", "best", "balanced", "fast", "bigstream"), default="demons",
+                    help="block steps: the demons alone (align_piecewise's default when the recorded run was "
+                         "made), a quality preset of align_piecewise, or bigstream's tutorial steps")
     ap.add_argument("--scaling", action="store_true", help="1 vs 2 workers on a crop, and a projection for 100")
     ap.add_argument("--align-level0", action="store_true", help="also the global align on the full-size level")
     ap.add_argument("--quick", action="store_true", help="a crop of the tutorial (4x fewer voxels): smoke run")
@@ -388,7 +391,10 @@ def main() -> int:
     info = json.loads((work / "pair.json").read_text())
     print(f"pair: {info['shape']} = {info['voxels'] / 1e6:.1f} M voxels ({info['source']}; generated in "
           f"{info['seconds_to_generate']} s)", flush=True)
-    steps = None if args.steps == "default" else BIGSTREAM_BLOCK_STEPS
+    from lazyreg.registration.piecewise import QUALITIES
+
+    steps = {"bigstream": BIGSTREAM_BLOCK_STEPS, "demons": [["demons", {}]]}.get(args.steps)
+    steps = [list(s) for s in QUALITIES[args.steps]] if steps is None else steps
     record: dict = {"pair": info}
     if args.scaling:
         record["scaling"] = run_scaling(work, steps)
@@ -396,7 +402,7 @@ def main() -> int:
     else:
         r = run_pipeline(work, steps)
         record["pipeline"] = r
-        suffix = "" if args.steps == "default" else f"_{args.steps}"
+        suffix = "" if args.steps == "demons" else f"_{args.steps}"
         print(table([[k, v] for k, v in r["block_profile"]["stage_seconds_sum"].items()], ["block time in", "s (sum)"]))
         print(f"blocks {r['blocks']}; block seconds {r['block_profile']['block_seconds']}; outside steps "
               f"{r['block_profile']['outside_steps_seconds_sum']} s")

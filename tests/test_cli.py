@@ -184,6 +184,21 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
     assert not_blank(out / "block_map.png") and not_blank(out / "overlay_after.png")
 
 
+def test_align_piecewise_quality_chooses_the_block_steps(pair):
+    out = pair.dir / "piecewise_fast"
+    common = ("--static", pair.affine, "--blocksize", "24", "--foreground-fraction", "0.1", "--scheduler", "threads")
+    r = run("align-piecewise", pair.fix, pair.mov, "-o", out, "--quality", "fast", *common)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert [name for name, _ in report["steps_in_effect"]] == ["demons"]
+    assert report["steps_in_effect"][0][1]["variant"] == "fast_symmetric"
+    assert all([s["step"] for s in b["steps"]] == ["demons"] for b in report["blocks"] if b["steps"])
+    r = run("align-piecewise", pair.fix, pair.mov, "-o", pair.dir / "both", "--quality", "fast", "--steps", "demons", *common)
+    assert r.returncode != 0 and one_line(r.stderr) and "give steps or quality, not both" in r.stderr, r.stderr
+    r = run("align-piecewise", pair.fix, pair.mov, "-o", pair.dir / "bad", "--quality", "quick", *common)
+    assert r.returncode != 0 and "invalid choice: 'quick'" in r.stderr, r.stderr
+
+
 def _block_rows() -> list[dict]:
     """A piecewise report: 16 blocks, reasons of a few kinds with varied numbers, long floats."""
     err = "LazyregError: align_threshold: RANSAC found no affine with at least 5 of {} correspondences within {} (best: {})"

@@ -171,8 +171,9 @@ def test_quality_presets_order_error_and_the_default_is_best():
         assert all([s["step"] for s in r["steps"]] == names and r["status"] == "ok" for r in field.report), field.report
         assert float(lazyreg.jacobian_determinant(field).values.min()) > 0
         errors[quality or "best"] = _error_voxels(field, fixed, d, tissue).mean()
-    # measured: 2.85 voxels before; best 0.19, balanced 0.41, fast 0.80
-    assert errors["best"] < 0.3 < errors["balanced"] < 0.5 < errors["fast"] < 0.4 * before, (before, errors)
+    # measured: 2.85 voxels before; best 0.19, balanced 0.26, fast 0.41
+    assert errors["best"] < errors["balanced"] < errors["fast"], errors
+    assert errors["best"] < 0.23 and errors["balanced"] < 0.3 and errors["fast"] < 0.5 < 2.0 < before, (before, errors)
     with pytest.raises(LazyregError, match="quality: give steps or quality, not both"):
         lazyreg.align_piecewise(fixed, moving, [("demons", {})], quality="fast")
     with pytest.raises(LazyregError, match=r"quality: unknown value 'bestest' \(did you mean 'best'\?\)"):

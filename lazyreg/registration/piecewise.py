@@ -49,14 +49,18 @@ from .steps import field_step_grid, parse_steps
 __all__ = ["align_piecewise", "DEFAULT_STEPS", "DEFAULT_QUALITY", "QUALITIES", "quality_steps"]
 
 #: Block steps by ``quality``, chosen by measurement (docs/from-bigstream.md, "Choosing a
-#: deformable step"; tutorial known truth, blocksize 128, 2 cores: mean error in voxels, wall s):
-#: "fast" - the demons on the block shrunk by 4 only (0.51 voxel, 18 s); "balanced" - the demons
-#: shrunk by 4 then 2 (0.33, 40 s); "best" - a local affine, a B-spline (control points every
-#: 1/8 of the block's region, on the block shrunk by 2), then the demons refining it (0.23, 90 s).
+#: deformable step"; tutorial known truth, blocksize 128, 2 cores: mean error in voxels, wall s;
+#: real tutorial pair: foreground Pearson gain): "fast" - fast symmetric-forces demons, 20 + 10
+#: iterations (0.36 voxel, 22 s; +0.029); "balanced" - a B-spline (control points every 1/8 of the
+#: block's region, on the block shrunk by 2), then those demons refining it (0.26, 62 s; +0.036);
+#: "best" - a local affine, the B-spline, then diffeomorphic demons, 40 + 20 iterations (0.23, 88 s;
+#: +0.033).
+_FAST_DEMONS = ("demons", {"variant": "fast_symmetric", "iterations": (20, 10)})
+_BSPLINE = ("deform", {"shrink_factors": (2,)})
 QUALITIES: dict[str, tuple] = {
-    "fast": (("demons", {"shrink_factors": (4,), "iterations": (40,)}),),
-    "balanced": (("demons", {}),),
-    "best": (("affine", {}), ("deform", {"shrink_factors": (2,)}), ("demons", {})),
+    "fast": (_FAST_DEMONS,),
+    "balanced": (_BSPLINE, _FAST_DEMONS),
+    "best": (("affine", {}), _BSPLINE, ("demons", {})),
 }
 #: The quality used when neither ``steps`` nor ``quality`` is given.
 DEFAULT_QUALITY = "best"
@@ -240,9 +244,9 @@ def align_piecewise(
         Chooses the steps when ``steps`` is not given (:data:`QUALITIES`; give one or the other).
         Default ``"best"``: a local affine, a B-spline, then diffeomorphic demons refining it.
         Measured on the tutorial pair's known truth (16 M voxels, blocksize 128, 2 cores):
-        "best" 0.23 voxel mean error in ~90 s, "balanced" (the demons alone) 0.33 in ~40 s,
-        "fast" (the demons at a quarter resolution) 0.51 in ~18 s; whole-volume SimpleITK
-        B-spline 0.31, elastix 0.37, ANTs SyN 0.77.
+        "best" 0.23 voxel mean error in 88 s, "balanced" (B-spline, then fast demons) 0.26 in
+        62 s, "fast" (fast demons alone) 0.36 in 22 s; whole-volume SimpleITK B-spline 0.31,
+        elastix 0.37, ANTs SyN 0.76.
 
     Returns
     -------
