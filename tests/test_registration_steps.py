@@ -50,6 +50,7 @@ def test_building_runs_nothing_and_result_is_lazy():
         ([("affine", [])], "options must be a dict"),
         ([], "non-empty list"),
         ([("deform", {}), ("affine", {})], "'deform' returns a displacement field, so only steps returning fields may follow it"),
+        ([("demons", {}), ("deform", {}), ("rigid", {}), ("demons", {})], r"'demons' returns a displacement field, so only steps returning fields may follow it \(got 'rigid' after it\)"),
     ],
 )
 def test_step_validation_is_up_front(steps, message):

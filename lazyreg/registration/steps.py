@@ -253,7 +253,7 @@ def parse_steps(steps: Any) -> list[StepCall]:
         raise LazyregError(f"steps: expected a non-empty list of (name, options) pairs, got {steps!r}")
     calls = [_parse_one(i, st) for i, st in enumerate(steps)]
     fields = [i for i, c in enumerate(calls) if c.step.returns == "field"]
-    if fields and fields[-1] - fields[0] != len(fields) - 1 or fields and fields[-1] != len(calls) - 1:
+    if fields and fields != list(range(fields[0], len(calls))):  # field steps: all of them at the end
         after = next(c for c in calls[fields[0]:] if c.step.returns != "field")
         raise LazyregError(
             f"steps: {calls[fields[0]].name!r} returns a displacement field, so only steps returning fields may "
