@@ -54,6 +54,8 @@ def test_align_series_arguments_are_checked_before_anything_runs(rounds, tmp_pat
     base = ["align-series", str(rounds / "round1.ome.zarr"), str(rounds / "round2.ome.zarr"), "-o", str(tmp_path / "o")]
     assert main(base + ["--blocksize", "32"]) == 2
     assert "--blocksize applies with --piecewise" in capsys.readouterr().err
+    assert main(base + ["--quality", "fast"]) == 2
+    assert "--quality applies with --piecewise" in capsys.readouterr().err
     assert main(base + ["--steps", "affine,afine"]) == 2
     assert "unknown step 'afine'" in capsys.readouterr().err
     assert main(base[:2] + ["-o", str(tmp_path / "o")]) == 2  # no MOVING
@@ -77,3 +79,15 @@ def test_info_and_apply_take_a_multichannel_store(tmp_path, capsys):
     got = lazyreg.open_image(tmp_path / "o.ome.zarr")
     assert got.dims == ("c", "z", "y", "x") and list(got.c.values) == ["dapi", "gfp"]
     np.testing.assert_array_equal(got.sel(c="gfp").values[:, :, :-1], m.sel(c="gfp").values[:, :, 1:])
+
+
+def test_align_series_piecewise_quality_chooses_the_block_steps(rounds, tmp_path):
+    out = tmp_path / "out"
+    argv = ["align-series", str(rounds / "round1.ome.zarr"), str(rounds / "round2.ome.zarr"), "-o", str(out),
+            "--steps", "affine", "--piecewise", "--quality", "fast", "--blocksize", "24", "--no-image", "--scheduler", "threads"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    blocks = [r for r in report["table"] if r["kind"] == "block"]
+    assert len(blocks) == 4 and all([s["step"] for s in b["steps"] or []] in ([], ["demons"]) for b in blocks)
+    assert any(b["steps"] for b in blocks)
+    assert (out / "round2" / "field.ome.zarr").exists()

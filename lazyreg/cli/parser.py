@@ -316,8 +316,10 @@ def _add_align_series(sub: Any, parents: list) -> None:
     s.add_argument("movings", metavar="MOVING", nargs="+", help="moving rounds, in acquisition order; PATH[:GROUP] as for FIXED")
     _add_spacing(s, "every image", "every MOVING")
     s.add_argument("--steps", default="ransac,affine", help=STEPS_HELP + " (default: ransac,affine)")
-    s.add_argument("--piecewise", action="store_true", help="refine every round with align-piecewise's default steps on top of its affine")
+    s.add_argument("--piecewise", action="store_true", help="refine every round with align-piecewise's default steps (or --quality) on top of its affine")
     s.add_argument("--blocksize", type=ints, default=None, metavar="N|Z,Y,X", help="with --piecewise: block core size in fixed voxels (default 128)")
+    s.add_argument("--quality", choices=("fast", "balanced", "best"), default=None,
+                   help="with --piecewise: the block steps, as align-piecewise --quality (default best)")
     s.add_argument("--chain", action="store_true", help="register each round to the previous one and compose (drifting series)")
     s.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     s.add_argument("--order", type=int, choices=(0, 1, 3), default=1, help="interpolation of the aligned images (default 1)")

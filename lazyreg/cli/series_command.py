@@ -85,7 +85,7 @@ def series_command(args: argparse.Namespace, session: Session) -> None:
     check_not_input([out / n for n in names] + [out / "report.json"], input_paths(args.fixed, *args.movings), folder=out)
     piecewise: Any = False
     if args.piecewise:
-        piecewise = {"blocksize": args.blocksize}  # align_piecewise's default field grid
+        piecewise = {"blocksize": args.blocksize, "quality": args.quality}  # align_piecewise's default field grid
     series = align_series(fixed, movings, steps, piecewise=piecewise, chain=args.chain, seed=args.seed)
 
     with PeakMemory() as memory, dask_scheduler(session), output_guard(out, folder=True), output_format(args.ome_zarr_version):
@@ -140,10 +140,11 @@ def check_series_args(args: argparse.Namespace) -> None:
     --------
     >>> import argparse
     >>> from lazyreg.cli.series_command import check_series_args
-    >>> check_series_args(argparse.Namespace(blocksize=(64, 64, 64), piecewise=False))
+    >>> check_series_args(argparse.Namespace(blocksize=(64, 64, 64), quality=None, piecewise=False))
     Traceback (most recent call last):
     ...
     lazyreg.errors.LazyregError: --blocksize applies with --piecewise
     """
-    if args.blocksize is not None and not args.piecewise:
-        raise LazyregError("--blocksize applies with --piecewise")
+    for name, value in (("--blocksize", args.blocksize), ("--quality", args.quality)):
+        if value is not None and not args.piecewise:
+            raise LazyregError(f"{name} applies with --piecewise")
