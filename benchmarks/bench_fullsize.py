@@ -364,10 +364,14 @@ def run_align_levels(work: Path) -> dict:
 
 
 def main() -> int:
+    from lazyreg.registration.piecewise import QUALITIES
+
+    block_steps = {"demons": [["demons", {}]], **{q: [list(c) for c in QUALITIES[q]] for q in QUALITIES},
+                   "bigstream": BIGSTREAM_BLOCK_STEPS}
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "tutorial")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lazyreg-fullsize")
-    ap.add_argument("--steps", choices=("demons", "best", "balanced", "fast", "bigstream"), default="demons",
+    ap.add_argument("--steps", choices=list(block_steps), default="demons",
                     help="block steps: the demons alone (align_piecewise's default when the recorded run was "
                          "made), a quality preset of align_piecewise, or bigstream's tutorial steps")
     ap.add_argument("--scaling", action="store_true", help="1 vs 2 workers on a crop, and a projection for 100")
@@ -391,10 +395,7 @@ def main() -> int:
     info = json.loads((work / "pair.json").read_text())
     print(f"pair: {info['shape']} = {info['voxels'] / 1e6:.1f} M voxels ({info['source']}; generated in "
           f"{info['seconds_to_generate']} s)", flush=True)
-    from lazyreg.registration.piecewise import QUALITIES
-
-    steps = {"bigstream": BIGSTREAM_BLOCK_STEPS, "demons": [["demons", {}]]}.get(args.steps)
-    steps = [list(s) for s in QUALITIES[args.steps]] if steps is None else steps
+    steps = block_steps[args.steps]
     record: dict = {"pair": info}
     if args.scaling:
         record["scaling"] = run_scaling(work, steps)

@@ -185,6 +185,10 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
 
 
 def test_align_piecewise_quality_chooses_the_block_steps(pair):
+    from lazyreg.cli.parser import QUALITY_CHOICES
+    from lazyreg.registration.piecewise import QUALITIES
+
+    assert QUALITY_CHOICES == tuple(QUALITIES)
     out = pair.dir / "piecewise_fast"
     common = ("--static", pair.affine, "--blocksize", "24", "--foreground-fraction", "0.1", "--scheduler", "threads")
     r = run("align-piecewise", pair.fix, pair.mov, "-o", out, "--quality", "fast", *common)

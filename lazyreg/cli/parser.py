@@ -300,6 +300,11 @@ def _add_align(sub: Any, parents: list) -> None:
     a.add_argument("--order", type=int, choices=(0, 1, 3), default=1, help="interpolation of the aligned image: 0 nearest, 1 linear (default), 3 cubic")
 
 
+#: ``--quality`` values: the keys of ``lazyreg.registration.piecewise.QUALITIES`` (written out so that
+#: building the parser does not import the registration code; a test keeps them equal).
+QUALITY_CHOICES = ("fast", "balanced", "best")
+
+
 def _add_align_series(sub: Any, parents: list) -> None:
     s = _command(
         sub,
@@ -318,7 +323,7 @@ def _add_align_series(sub: Any, parents: list) -> None:
     s.add_argument("--steps", default="ransac,affine", help=STEPS_HELP + " (default: ransac,affine)")
     s.add_argument("--piecewise", action="store_true", help="refine every round with align-piecewise's default steps (or --quality) on top of its affine")
     s.add_argument("--blocksize", type=ints, default=None, metavar="N|Z,Y,X", help="with --piecewise: block core size in fixed voxels (default 128)")
-    s.add_argument("--quality", choices=("fast", "balanced", "best"), default=None,
+    s.add_argument("--quality", choices=QUALITY_CHOICES, default=None,
                    help="with --piecewise: the block steps, as align-piecewise --quality (default best)")
     s.add_argument("--chain", action="store_true", help="register each round to the previous one and compose (drifting series)")
     s.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
@@ -340,7 +345,7 @@ def _add_align_piecewise(sub: Any, parents: list) -> None:
     _add_images(w)
     w.add_argument("--steps", default=None, help=STEPS_HELP + "; run in every block (default: the steps of --quality, "
                    "as recorded in report.json)")
-    w.add_argument("--quality", choices=("fast", "balanced", "best"), default=None,
+    w.add_argument("--quality", choices=QUALITY_CHOICES, default=None,
                    help="block steps by measured quality/time trade-off, instead of --steps: best (default; local affine, "
                    "B-spline, then demons), balanced (B-spline, then fast demons; 1.4x faster), fast (fast demons alone; 4x faster)")
     w.add_argument("--blocksize", type=ints, default=128, metavar="N|Z,Y,X", help="block core size in fixed voxels (default 128)")
