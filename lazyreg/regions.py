@@ -27,6 +27,7 @@ __all__ = [
     "chunk_grids",
     "chunk_groups",
     "ChunkRefs",
+    "point_regions",
 ]
 
 Box = tuple[np.ndarray, np.ndarray]
@@ -227,8 +228,61 @@ class ChunkRefs:
         return cls(keys, dst, src, shape, arr.dtype)
 
     def assemble(self, blocks: list[np.ndarray]) -> np.ndarray:
-        """The region, from the blocks of :attr:`keys` in that order."""
+        """The region, from the blocks of :attr:`keys` in that order.
+
+        A region inside one block is a read-only view of it (no copy); otherwise a new array.
+        """
+        if len(self.keys) == 1:
+            view = np.asarray(blocks[0])[self.src[0]].view()
+            view.flags.writeable = False
+            return view
         out = np.empty(self.shape, dtype=self.dtype)
         for b, d, s in zip(blocks, self.dst, self.src):
             out[d] = b[s]
         return out
+
+
+def _cut(region: np.ndarray, boxes: list) -> list[np.ndarray]:
+    return [np.array(region[tuple(slice(a, b) for a, b in zip(lo, hi))]) for lo, hi in boxes]
+
+
+def point_regions(data: da.Array, centres: np.ndarray, reach: Sequence[float]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The part of a dask array within ``reach`` (index units, per axis) of each point, with the
+    neighbours trilinear interpolation needs; read in one computation, one task per chunk of
+    ``data`` holding points (its chunk plus the reach), never the whole array.
+
+    Returns each box's first index (N, 3) and the boxes (numpy, clipped to the array): the values
+    at index ``p`` of point ``i`` within the reach are ``boxes[i][p - lo[i]]``.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> x = da.arange(1000.0, chunks=5).reshape(10, 10, 10).rechunk(5)
+    >>> lo, boxes = point_regions(x, np.array([[2.3, 5.0, 9.0]]), (1.0, 1.0, 1.0))
+    >>> lo.tolist(), boxes[0].shape, float(boxes[0][1, 2, 1]), float(x[1, 5, 8])
+    ([[0, 3, 7]], (5, 5, 3), 158.0, 158.0)
+    """
+    import dask
+
+    shape = np.asarray(data.shape, dtype=int)
+    c = np.asarray(centres, dtype=float).reshape(-1, 3)
+    r = np.asarray(reach, dtype=float)
+    lo = np.clip(np.floor(c - r).astype(int) - 1, 0, shape - 1)
+    hi = np.clip(np.floor(c + r).astype(int) + 2, lo + 1, shape)
+    near = np.clip(np.rint(c).astype(int), 0, shape - 1)
+    tile = np.stack(
+        [np.searchsorted(np.cumsum(ch), near[:, ax], side="right") for ax, ch in enumerate(data.chunks)], axis=1
+    )
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(map(tuple, tile)):
+        groups.setdefault(t, []).append(i)
+    tasks = []
+    for ids in groups.values():
+        rlo, rhi = lo[ids].min(axis=0), hi[ids].max(axis=0)
+        region = data[tuple(slice(int(a), int(b)) for a, b in zip(rlo, rhi))]
+        tasks.append(dask.delayed(_cut, pure=True)(region, [(lo[i] - rlo, hi[i] - rlo) for i in ids]))
+    boxes: list[np.ndarray] = [np.zeros((0, 0, 0))] * len(c)
+    for ids, cut in zip(groups.values(), dask.compute(*tasks)):
+        for i, b in zip(ids, cut):
+            boxes[i] = b
+    return lo, boxes

@@ -387,7 +387,9 @@ def apply_transform(
 
     mov_arr = moving.data
     if not isinstance(mov_arr, da.Array):
-        mov_arr = da.from_array(np.asarray(mov_arr), chunks="auto", name="lazyreg-moving-" + tokenize(np.asarray(mov_arr)))
+        # one block (dask's snapshot copy of it): a task's region is a view of it, not an assembled copy
+        values = np.asarray(mov_arr)
+        mov_arr = da.from_array(values, chunks=values.shape, name="lazyreg-moving-" + tokenize(values))
     source = find_source(moving)
     in_task = source or graph_source(moving)  # a dask graph without a store: blocks computed where read
 

@@ -517,3 +517,39 @@ def test_float_output_is_itk_buffer_without_copy_and_stays_valid():
     np.testing.assert_array_equal(cast_to(res, np.dtype(np.uint16), in_range=True), cast_to(res, np.dtype(np.uint16)))
     top = np.full(g.shape, 65535, dtype=np.uint16)
     assert np.all(resample_array(top, g, g, shift, order=1, fill_value=65535, dtype=top.dtype) == 65535)
+
+
+def test_in_memory_moving_is_one_block_and_tasks_take_views_of_it(monkeypatch):
+    """A numpy moving image enters the graph as one block (dask's snapshot copy), and each task's
+    region is a read-only view of it rather than a region assembled by copying chunk parts; the
+    result is unchanged (equal to the SimpleITK reference)."""
+    import lazyreg.interpolation as I
+    import lazyreg.resample as R
+    from lazyreg.regions import ChunkRefs
+
+    moving = lazyreg.image(smooth_volume((20, 24, 28), seed=4), (2.0, 1.0, 1.2), (-3.0, 5.0, 2.0))
+    fixed = lazyreg.grid((18, 22, 26), spacing=(2.0, 1.1, 1.3), origin=(-1.0, 6.0, 3.0), chunks=8)
+    A = Affine.from_translation((0.7, -1.2, 0.4))
+    seen: list[np.ndarray] = []
+    orig = I.resample_array
+
+    def spy(values, *a, **k):
+        seen.append(values)
+        return orig(values, *a, **k)
+
+    monkeypatch.setattr(R, "resample_array", spy)
+    out = apply_transform(fixed, moving, [A], order=1)
+    moving_keys = [k for k in out.data.dask if isinstance(k, tuple) and str(k[0]).startswith("lazyreg-moving-")]
+    assert len(moving_keys) == 1  # one block, not "auto" chunks
+    with dask.config.set(scheduler="sync"):
+        values = out.values
+    assert seen and all(v.base is not None and not v.flags.writeable for v in seen)  # views, no copies
+    ref = sitk_reference(fixed, moving, A.to_sitk())
+    _assert_matches(values, ref)
+    assert np.count_nonzero(ref) > 0.3 * ref.size
+    # ChunkRefs: one block gives a read-only view; several blocks an assembled copy
+    x = da.arange(10, chunks=4)
+    one = ChunkRefs.of(x, (slice(1, 3),)).assemble([x.blocks[0].compute()])
+    assert one.base is not None and not one.flags.writeable and list(one) == [1, 2]
+    two = ChunkRefs.of(x, (slice(3, 6),)).assemble([x.blocks[0].compute(), x.blocks[1].compute()])
+    assert two.flags.writeable and list(two) == [3, 4, 5]
