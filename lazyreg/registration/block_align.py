@@ -27,6 +27,7 @@ from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 from ..transforms.jacobian import determinant_values
 from ..transforms.points import transform_points
+from .step_memory import measure_peak
 from .steps import run_steps
 
 __all__ = ["BlockTask", "align_block", "report_rows", "regular_field", "compact_field", "step_profile", "REPORT_KEYS"]
@@ -58,7 +59,7 @@ FIELD_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)
 #: The keys of a block's report row.
 REPORT_KEYS = (
     "index", "status", "reason", "foreground", "inside", "metric_before", "metric_after", "inliers", "steps", "seconds",
-    "seconds_inputs",
+    "seconds_inputs", "peak_mib", "peak_rss_mib",
 )
 #: Block fields whose largest displacement is at most this many voxels are kept as float16
 #: (:func:`compact_field`).
@@ -135,6 +136,13 @@ def align_block(task: BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: An
     "skipped" (not worth aligning: little foreground, mostly outside moving) or "failed" (every
     step raised an error; the block is filled from its neighbours).
 
+    Cost: ``seconds`` (the block's work once its inputs are read), ``peak_mib`` (the largest resident memory
+    of the process above its level when the block started, MiB) and ``peak_rss_mib`` (that
+    largest resident memory); each step's row has the same three figures for the step and its
+    check. Resident memory is process-wide, sampled every few milliseconds
+    (:mod:`lazyreg.registration.step_memory`): blocks running at the same time in other threads
+    are counted too; on one-thread workers the figure is the block's own.
+
     Examples
     --------
     >>> import numpy as np, lazyreg
@@ -144,6 +152,13 @@ def align_block(task: BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: An
     >>> align_block(task, np.zeros(g.shape), np.zeros(g.shape), None, 1.0)["status"]
     'skipped'
     """
+    with measure_peak() as peak:
+        row = _aligned_block(task, fixed, moving, mask, threshold, static_args)
+    row.update(peak.figures())
+    return row
+
+
+def _aligned_block(task: BlockTask, fixed: np.ndarray, moving: np.ndarray, mask: Any, threshold: float, static_args: tuple) -> dict:
     t0 = time.perf_counter()
     row: dict[str, Any] = dict.fromkeys(REPORT_KEYS)
     row.update(index=task.index, status="ok", matrix=None, field=None)
@@ -293,8 +308,15 @@ class _StepRunner:
         self.inliers = None
 
     def step(self, i: int, call: Any) -> None:
+        """Run step ``i`` and check it; its row's ``peak_mib`` covers both."""
+        with measure_peak() as peak:
+            self._step(i, call)
+        self.rows[-1].update(peak.figures())
+
+    def _step(self, i: int, call: Any) -> None:
         t0 = time.perf_counter()
-        row = {"step": call.name, "seconds": None, "metric": None, "kept": False, "reason": None, "profile": None}
+        row = {"step": call.name, "seconds": None, "metric": None, "kept": False, "reason": None, "profile": None,
+               "peak_mib": None, "peak_rss_mib": None}
         if call.step.returns == "field":
             row.update(field_scale=None, det_min=None)
         self.rows.append(row)
@@ -351,7 +373,7 @@ def report_rows(*results: dict) -> list[dict]:
     >>> report_rows(row)[0]["status"]
     'ok'
     """
-    rows = [{k: r[k] for k in REPORT_KEYS} for r in results]
+    rows = [{k: r.get(k) for k in REPORT_KEYS} for r in results]
     if rows and not any(r["status"] in ("ok", "unchanged") for r in rows):
         log.warning(
             "align_piecewise: no block was aligned (%s): the field is zero; for sparse samples lower "

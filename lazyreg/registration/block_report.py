@@ -3,6 +3,7 @@
 :func:`block_summary` condenses the rows of ``field.report`` (:func:`lazyreg.align_piecewise`);
 :func:`summary_lines` prints it with every figure rounded to 3 decimals. Reasons that differ only
 by their numbers ("foreground 3% ...", "foreground 7% ...") are one *kind* (:func:`reason_kind`).
+The cost is told too: median and largest seconds and peak memory of the blocks and of each step.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def block_summary(report: Sequence[Mapping[str, Any]]) -> dict:
         (their indices), ``example`` (one full reason)); ``mean_gain`` (mean ``metric_after -
         metric_before`` of the ok blocks that have both, or None) and ``gain_blocks`` (how many);
         ``unchanged`` (blocks that kept the static transforms: gain 0, not in the mean);
-        ``steps`` (step name -> ``{"ran": blocks, "kept": blocks, "not_kept": {kind: blocks}}``).
+        ``steps`` (step name -> ``{"ran": blocks, "kept": blocks, "not_kept": {kind: blocks}}`` and
+        its cost: ``seconds_median``, ``seconds_max`` and ``peak_mib``, the largest ``peak_mib``
+        of its rows); ``cost``: the same figures over the blocks whose steps ran (``blocks``
+        says how many) plus ``seconds_inputs_median``. Figures missing from the rows are None.
 
     Examples
     --------
@@ -67,16 +71,22 @@ def block_summary(report: Sequence[Mapping[str, Any]]) -> dict:
     ({'ok': 1, 'unchanged': 0, 'skipped': 2, 'failed': 1}, 0.25, 0)
     >>> [(g["status"], g["kind"], g["count"]) for g in s["by_kind"]]
     [('skipped', 'foreground …% of the block is low', 2), ('failed', 'match_threshold: … matches', 1)]
+    >>> s["cost"]
+    {'blocks': 0, 'seconds_median': None, 'seconds_max': None, 'peak_mib': None, 'seconds_inputs_median': None}
     """
     by_status = dict.fromkeys(STATUSES, 0)
     groups: dict[tuple[str, str], dict] = {}
     gains: list[float] = []
-    steps: dict[str, dict[str, int]] = {}
+    steps: dict[str, dict[str, Any]] = {}
+    costs: dict[str | None, list] = {}  # step name (None: the block) -> rows
     for row in report:
         status = row["status"]
         by_status[status] = by_status.get(status, 0) + 1
+        if row.get("steps"):
+            costs.setdefault(None, []).append(row)
         for st in row.get("steps") or ():
             tally = steps.setdefault(str(st["step"]), {"ran": 0, "kept": 0, "not_kept": {}})
+            costs.setdefault(str(st["step"]), []).append(st)
             tally["ran"] += 1
             tally["kept"] += bool(st.get("kept"))
             if not st.get("kept"):
@@ -99,7 +109,8 @@ def block_summary(report: Sequence[Mapping[str, Any]]) -> dict:
         "mean_gain": float(np.mean(gains)) if gains else None,
         "gain_blocks": len(gains),
         "unchanged": by_status.get("unchanged", 0),
-        "steps": steps,
+        "steps": {name: t | _cost(costs[name]) for name, t in steps.items()},
+        "cost": {"blocks": len(costs.get(None, ())), **_cost(costs.get(None, ()), "seconds_inputs")},
     }
 
 
@@ -122,6 +133,15 @@ def summary_lines(summary: Mapping[str, Any], *, shown: int = 3) -> list[str]:
       1 failed: ransac: align_threshold: … inliers within … (block (0, 1, 0))
     mean block Pearson gain +0.251 over the 1 ok block (the 1 unchanged block: gain 0, not counted)
     step ransac kept in 0 of the 1 blocks where it ran; not kept: 1 align_threshold: … inliers within …
+
+    With the cost figures of the rows (``seconds`` and ``peak_mib`` of the blocks and of their
+    steps), one more line for the blocks and one per step:
+
+    >>> rows[2] |= {"seconds": 4.5, "peak_mib": 310.0, "seconds_inputs": 0.25}
+    >>> rows[2]["steps"][0] |= {"seconds": 4.0, "peak_mib": 180.4}
+    >>> print("\\n".join(summary_lines(block_summary(rows))[-2:]))
+    cost of the 1 block that ran steps: 4.5 s median, 4.5 s max, 310 MiB peak (reading inputs: 0.25 s median)
+    step ransac: 4.0 s median, 4.0 s max, 180 MiB peak
     """
     told = ", ".join(f"{n} {s}" for s, n in summary["by_status"].items() if n or s == "ok")
     lines = [f"{summary['blocks']} blocks: {told}"]
@@ -137,6 +157,13 @@ def summary_lines(summary: Mapping[str, Any], *, shown: int = 3) -> list[str]:
         why = sorted(t.get("not_kept", {}).items(), key=lambda kv: -kv[1])[:2]
         why = "; not kept: " + ", ".join(f"{n} {_shorten(kind, 72)}" for kind, n in why) if why else ""
         lines.append(f"step {name} kept in {t['kept']} of the {t['ran']} blocks where it ran{why}")
+    cost = summary.get("cost") or {}
+    if cost.get("seconds_median") is not None:
+        n = cost["blocks"]
+        inputs = cost.get("seconds_inputs_median")
+        inputs = f" (reading inputs: {_seconds(inputs)} median)" if inputs is not None else ""
+        lines.append(f"cost of the {n} block{'s' if n != 1 else ''} that ran steps: {_cost_text(cost)}{inputs}")
+    lines += [f"step {name}: {_cost_text(t)}" for name, t in summary["steps"].items() if t.get("seconds_median") is not None]
     return [round_floats(line) for line in lines]
 
 
@@ -172,6 +199,34 @@ def _failing_step(row: Mapping[str, Any]) -> str | None:
         if st.get("reason") == row.get("reason"):
             return str(st["step"])
     return None
+
+
+def _cost(rows: Sequence[Mapping[str, Any]], *also: str) -> dict:
+    """Median and largest ``seconds``, largest ``peak_mib`` (and the median of each of ``also``)
+    of ``rows``; None where no row has the figure."""
+    def values(key: str) -> list[float]:
+        return [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+
+    seconds, peaks = values("seconds"), values("peak_mib")
+    out = {
+        "seconds_median": float(np.median(seconds)) if seconds else None,
+        "seconds_max": max(seconds) if seconds else None,
+        "peak_mib": max(peaks) if peaks else None,
+    }
+    for key in also:
+        v = values(key)
+        out[f"{key}_median"] = float(np.median(v)) if v else None
+    return out
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.2f} s" if s < 1 else f"{s:.1f} s"
+
+
+def _cost_text(cost: Mapping[str, Any]) -> str:
+    """``2.1 s median, 4.0 s max, 180 MiB peak`` (the peak left out when unknown)."""
+    text = f"{_seconds(cost['seconds_median'])} median, {_seconds(cost['seconds_max'])} max"
+    return text + (f", {cost['peak_mib']:.0f} MiB peak" if cost.get("peak_mib") is not None else "")
 
 
 def _shorten(text: str, n: int) -> str:

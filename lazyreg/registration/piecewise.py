@@ -256,9 +256,11 @@ def align_piecewise(
         moving), ``metric_before``/``metric_after`` (Pearson in the block, on the voxels the kept
         result maps inside it), ``inliers``, ``steps`` (per step: ``seconds``, ``metric``, whether
         it was ``kept`` and why not, ``profile``: seconds per level or stage and for checking the
-        result; for a field step its ``field_scale`` and ``det_min``), ``seconds`` (aligning) and
-        ``seconds_inputs`` (reading the block's regions and resampling moving through the static
-        transforms). ``field.compute()`` computes values and report together. Statuses: ``"ok"``
+        result; for a field step its ``field_scale`` and ``det_min``; ``peak_mib``), ``seconds``
+        (aligning), ``seconds_inputs`` (reading the block's regions and resampling moving through
+        the static transforms) and ``peak_mib`` / ``peak_rss_mib`` (the process's resident memory
+        at its largest during the block, above its start / in all:
+        :mod:`lazyreg.registration.step_memory`). ``field.compute()`` computes values and report together. Statuses: ``"ok"``
         (some step improved the block), ``"unchanged"`` (the steps ran, none improved it: its local
         transform is the identity), ``"skipped"`` (little foreground, or mostly outside moving),
         ``"failed"`` (every step raised an error, or its result disagrees with most of its
