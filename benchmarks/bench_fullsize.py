@@ -29,7 +29,8 @@ field), the Jacobian determinant of the field, and how often registration tasks 
 ``distributed.LocalCluster`` of 1 and then 2 worker processes (1 thread each), each on a fresh
 cluster, and measures the scheduler's overhead per task on a graph of trivial tasks; it writes the
 parallel efficiency and a projection for 100 workers.
-``--align-level0`` (item 3) also runs the global ``align`` on the full-size level (8x the voxels).
+``--align-level0`` (item 3) also runs the global ``align`` on the full-size level (8x the voxels),
+and the ransac step alone on each level, loaded whole and per chunk (each run in a fresh process).
 
 Usage::
 
@@ -37,9 +38,10 @@ Usage::
     .venv/bin/python benchmarks/bench_fullsize.py --steps best       # quality="best", now the default
     .venv/bin/python benchmarks/bench_fullsize.py --steps bigstream  # ransac + deform per block
     .venv/bin/python benchmarks/bench_fullsize.py --scaling
+    .venv/bin/python benchmarks/bench_fullsize.py --align-levels-only   # global align / ransac on level 1 vs 0
     .venv/bin/python benchmarks/bench_fullsize.py --quick            # a 4x smaller pair, smoke run
 
-Results: ``benchmarks/results/fullsize[_<steps>|_scaling].json`` (``--quick``: ``$TMPDIR``).
+Results: ``benchmarks/results/fullsize[_<steps>|_scaling|_align_levels].json`` (``--quick``: ``$TMPDIR``).
 The generated pair is kept in ``--work`` (default ``$TMPDIR/lazyreg-fullsize``) for the next run.
 """
 
@@ -322,44 +324,78 @@ def run_scaling(work: Path, steps) -> dict:
             "efficiency_2_workers": round(eff, 3), "projection_100_workers": proj}
 
 
-def align_level(work: Path, level: int) -> dict:
-    """Global align on one pyramid level (run in a process of its own: its memory is its own)."""
+ALIGN_MODES = ("align", "ransac_in_memory", "ransac_per_chunk")
+
+
+def align_level(work: Path, level: int, mode: str = "align") -> dict:
+    """Global align on one pyramid level (run in a process of its own: its memory is its own).
+
+    ``align``: ``lazyreg.align`` with [ransac, affine] (its task loads the level whole, as before);
+    ``ransac_in_memory``: the ransac step alone on the level loaded whole (whole-image detection);
+    ``ransac_per_chunk``: the ransac step alone on the store-backed level, never loaded whole
+    (blobs detected tile by tile, descriptors read around the blobs).
+    """
     import lazyreg
+    from lazyreg.registration.features import align_features
 
     fix = lazyreg.open_image(work / "fixed.ome.zarr", level=level)
     mov = lazyreg.open_image(work / "moving.ome.zarr", level=level)
     blob_sizes = [6 * 2**(1 - level), 20 * 2**(1 - level)]  # the same physical sizes, in voxels of the level
     t0, c0 = time.perf_counter(), cpu_seconds()
-    A = lazyreg.align(fix, mov, [("ransac", {"blob_sizes": blob_sizes}), ("affine", {})]).compute()
-    return {"level": level, "shape": list(fix.shape), "voxels": int(np.prod(fix.shape)), "blob_sizes": blob_sizes,
+    if mode == "align":
+        A = lazyreg.align(fix, mov, [("ransac", {"blob_sizes": blob_sizes}), ("affine", {})]).compute()
+        report = A.report
+    else:
+        if mode == "ransac_in_memory":
+            fix, mov = fix.compute(), mov.compute()
+        A = align_features(fix, mov, blob_sizes=blob_sizes)
+        report = [A.report]
+    return {"level": level, "mode": mode, "shape": list(fix.shape), "voxels": int(np.prod(fix.shape)),
+            "chunks": [int(max(c)) for c in fix.chunks] if fix.chunks else None, "blob_sizes": blob_sizes,
             "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu_seconds() - c0, 1),
-            "report": A.report, "matrix": np.asarray(A.matrix).tolist()}
+            "report": report, "matrix": np.asarray(A.matrix).tolist()}
 
 
-def run_align_levels(work: Path) -> dict:
-    """Global align on level 1 and on level 0 (8x the voxels), each in a fresh process."""
-    import subprocess
-
-    out = {}
-    for level in (1, 0):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--align-level", str(level)]
-        with RSSSampler(interval=0.05) as rss:
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        r["peak_rss_gib"] = round(rss.peak / GiB, 3)
-        out[f"level{level}"] = r
-        print(f"align on level {level} ({r['voxels'] / 1e6:.0f} M voxels): {r['seconds']} s, {r['cpu_seconds']} CPU s, "
-              f"peak RSS {r['peak_rss_gib']} GiB", flush=True)
-    out["time_ratio"] = round(out["level0"]["seconds"] / out["level1"]["seconds"], 2)
-    out["memory_ratio"] = round(out["level0"]["peak_rss_gib"] / out["level1"]["peak_rss_gib"], 2)
-    out["voxel_ratio"] = round(out["level0"]["voxels"] / out["level1"]["voxels"], 2)
-    # how far apart the two affines map the corners of the volume (um)
+def _corners_apart(work: Path, m0: np.ndarray, m1: np.ndarray) -> float:
+    """How far apart two affines map the corners of the volume (um)."""
     info = json.loads((work / "pair.json").read_text())
     hi = np.asarray(info["origin"]) + (np.asarray(info["shape"]) - 1) * np.asarray(info["spacing"])
     corners = np.array([[a, b, c, 1.0] for a in (info["origin"][0], hi[0]) for b in (info["origin"][1], hi[1])
                         for c in (info["origin"][2], hi[2])])
-    m0, m1 = np.asarray(out["level0"]["matrix"]), np.asarray(out["level1"]["matrix"])
-    out["corners_apart_um_max"] = float(np.linalg.norm(corners @ (m0 - m1).T, axis=1).max())
+    return float(np.linalg.norm(corners @ (np.asarray(m0) - np.asarray(m1)).T, axis=1).max())
+
+
+def run_align_levels(work: Path) -> dict:
+    """Global align, and the ransac step alone (in memory / per chunk), on level 1 and on level 0
+    (8x the voxels), each in a fresh process with its own peak RSS."""
+    import subprocess
+
+    out: dict = {}
+    for mode in ALIGN_MODES:
+        runs = {}
+        for level in (1, 0):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--work", str(work), "--align-level", str(level),
+                   "--align-mode", mode]
+            with RSSSampler(interval=0.05) as rss:
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["peak_rss_gib"] = round(rss.peak / GiB, 3)
+            ransac = r["report"][0]
+            r["seconds_detect"] = round(ransac.get("seconds_detect") or 0.0, 2)
+            r["seconds_describe"] = round(ransac.get("seconds_describe") or 0.0, 2)
+            runs[f"level{level}"] = r
+            print(f"{mode} on level {level} ({r['voxels'] / 1e6:.0f} M voxels): {r['seconds']} s, {r['cpu_seconds']} CPU s, "
+                  f"peak RSS {r['peak_rss_gib']} GiB; detection {r['seconds_detect']} s, descriptors "
+                  f"{r['seconds_describe']} s", flush=True)
+        runs["time_ratio"] = round(runs["level0"]["seconds"] / runs["level1"]["seconds"], 2)
+        runs["detect_time_ratio"] = round(runs["level0"]["seconds_detect"] / max(runs["level1"]["seconds_detect"], 1e-9), 2)
+        runs["memory_ratio"] = round(runs["level0"]["peak_rss_gib"] / runs["level1"]["peak_rss_gib"], 2)
+        runs["voxel_ratio"] = round(runs["level0"]["voxels"] / runs["level1"]["voxels"], 2)
+        runs["corners_apart_um_max"] = _corners_apart(work, runs["level0"]["matrix"], runs["level1"]["matrix"])
+        out[mode] = runs
+    for level in ("level1", "level0"):  # the per-chunk path gives the in-memory result
+        out[f"per_chunk_vs_in_memory_{level}_max_abs"] = float(np.abs(
+            np.asarray(out["ransac_per_chunk"][level]["matrix"]) - np.asarray(out["ransac_in_memory"][level]["matrix"])).max())
     return out
 
 
@@ -376,12 +412,15 @@ def main() -> int:
                          "made), a quality preset of align_piecewise, or bigstream's tutorial steps")
     ap.add_argument("--scaling", action="store_true", help="1 vs 2 workers on a crop, and a projection for 100")
     ap.add_argument("--align-level0", action="store_true", help="also the global align on the full-size level")
+    ap.add_argument("--align-levels-only", action="store_true",
+                    help="only the --align-level0 runs (results/fullsize_align_levels.json), not the pipeline")
     ap.add_argument("--quick", action="store_true", help="a crop of the tutorial (4x fewer voxels): smoke run")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--align-level", type=int, default=None, help=argparse.SUPPRESS)  # internal: one level, JSON out
+    ap.add_argument("--align-mode", choices=ALIGN_MODES, default="align", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.align_level is not None:
-        print(json.dumps(align_level(args.work, args.align_level), default=str))
+        print(json.dumps(align_level(args.work, args.align_level, args.align_mode), default=str))
         return 0
 
     work = args.work.with_name(args.work.name + "-quick") if args.quick else args.work
@@ -400,6 +439,8 @@ def main() -> int:
     if args.scaling:
         record["scaling"] = run_scaling(work, steps)
         suffix = "_scaling"
+    elif args.align_levels_only:
+        suffix = "_align_levels"
     else:
         r = run_pipeline(work, steps)
         record["pipeline"] = r
@@ -413,7 +454,7 @@ def main() -> int:
         print(f"registration tasks: {r['registration_tasks']}")
         print(f"goal: <= {GOAL_SECONDS:.0f} s and <= {GOAL_GIB} GiB: {r['seconds_total']} s, {r['peak_rss_gib']} GiB; "
               f"bigstream's projection {BIGSTREAM_HOURS} h -> {r['speedup_vs_bigstream']}x")
-    if args.align_level0:
+    if args.align_level0 or args.align_levels_only:
         record["align_levels"] = run_align_levels(work)
     record["machine"] = machine_info()
     out = args.out or (Path(tempfile.gettempdir()) / f"lazyreg-bench-fullsize-quick{suffix}.json" if args.quick

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import dask.array as da
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "chunk_groups",
     "ChunkRefs",
     "point_regions",
+    "region_task",
 ]
 
 Box = tuple[np.ndarray, np.ndarray]
@@ -242,25 +243,50 @@ class ChunkRefs:
         return out
 
 
+def region_task(data: da.Array, region: Sequence[slice]) -> Any:
+    """``data[region]`` as one ``dask.delayed`` value (a numpy array), on ``data``'s graph as it
+    is: the delayed values of many regions, computed together, share the chunks they read (an
+    optimised graph per region would rename them, and every region would compute its chunks anew).
+
+    Examples
+    --------
+    >>> import dask, dask.array as da
+    >>> x = da.arange(64.0, chunks=4).reshape(4, 4, 4).rechunk(2)
+    >>> a, b = region_task(x, (slice(0, 3),) * 3), region_task(x, (slice(1, 4),) * 3)
+    >>> [v.shape for v in dask.compute(a, b)]
+    [(3, 3, 3), (3, 3, 3)]
+    """
+    part = data[tuple(region)]
+    if part.npartitions > 1:
+        part = part.rechunk(part.shape)
+    return part.to_delayed(optimize_graph=False).ravel()[0]
+
+
 def _cut(region: np.ndarray, boxes: list) -> list[np.ndarray]:
     return [np.array(region[tuple(slice(a, b) for a, b in zip(lo, hi))]) for lo, hi in boxes]
 
 
-def point_regions(data: da.Array, centres: np.ndarray, reach: Sequence[float]) -> tuple[np.ndarray, list[np.ndarray]]:
+def point_regions(
+    data: da.Array, centres: np.ndarray, reach: Sequence[float]
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The part of a dask array within ``reach`` (index units, per axis) of each point, with the
     neighbours trilinear interpolation needs; read in one computation, one task per chunk of
-    ``data`` holding points (its chunk plus the reach), never the whole array.
+    ``data`` holding points, never the whole array.
 
-    Returns each box's first index (N, 3) and the boxes (numpy, clipped to the array): the values
-    at index ``p`` of point ``i`` within the reach are ``boxes[i][p - lo[i]]``.
+    Returns ``(ids, lo, values)`` triples: ``values`` (numpy, clipped to the array) starts at
+    index ``lo`` and covers the reach of points ``ids``. The points of a chunk share one region
+    (the chunk plus the reach) when it is smaller than their boxes together, else each point
+    gets its own box: what is held is at most the points' boxes, and at most about the array.
 
     Examples
     --------
     >>> import dask.array as da
     >>> x = da.arange(1000.0, chunks=5).reshape(10, 10, 10).rechunk(5)
-    >>> lo, boxes = point_regions(x, np.array([[2.3, 5.0, 9.0]]), (1.0, 1.0, 1.0))
-    >>> lo.tolist(), boxes[0].shape, float(boxes[0][1, 2, 1]), float(x[1, 5, 8])
-    ([[0, 3, 7]], (5, 5, 3), 158.0, 158.0)
+    >>> [(ids.tolist(), lo.tolist(), v.shape) for ids, lo, v in
+    ...  point_regions(x, np.array([[2.3, 5.0, 9.0]]), (1.0, 1.0, 1.0))]
+    [([0], [0, 3, 7], (5, 5, 3))]
+    >>> [(ids.tolist(), lo.tolist(), v.shape) for ids, lo, v in point_regions(x, np.array([[2.3, 1, 1], [2, 2, 2]]), (1, 1, 1))]
+    [([0, 1], [0, 0, 0], (5, 5, 5))]
     """
     import dask
 
@@ -276,13 +302,19 @@ def point_regions(data: da.Array, centres: np.ndarray, reach: Sequence[float]) -
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(map(tuple, tile)):
         groups.setdefault(t, []).append(i)
-    tasks = []
+    tasks, owners = [], []
     for ids in groups.values():
         rlo, rhi = lo[ids].min(axis=0), hi[ids].max(axis=0)
-        region = data[tuple(slice(int(a), int(b)) for a, b in zip(rlo, rhi))]
-        tasks.append(dask.delayed(_cut, pure=True)(region, [(lo[i] - rlo, hi[i] - rlo) for i in ids]))
-    boxes: list[np.ndarray] = [np.zeros((0, 0, 0))] * len(c)
-    for ids, cut in zip(groups.values(), dask.compute(*tasks)):
-        for i, b in zip(ids, cut):
-            boxes[i] = b
-    return lo, boxes
+        region = region_task(data, tuple(slice(int(a), int(b)) for a, b in zip(rlo, rhi)))
+        if np.prod(rhi - rlo) <= np.prod(hi[ids] - lo[ids], axis=1).sum():
+            boxes, own = [(np.zeros(3, dtype=int), rhi - rlo)], [(np.asarray(ids), rlo)]
+        else:
+            boxes, own = [(lo[i] - rlo, hi[i] - rlo) for i in ids], [(np.array([i]), lo[i]) for i in ids]
+        # all delayed: dask.compute returns arrays before delayed values when they are mixed
+        tasks.append(dask.delayed(_cut, pure=True)(region, boxes))
+        owners.append(own)
+    out = []
+    for own, values in zip(owners, dask.compute(*tasks)):
+        for (ids, first), v in zip(own, values):
+            out.append((ids, first, v))
+    return out

@@ -23,6 +23,8 @@ from ..validation import check_int, check_number, check_spacing
 __all__ = ["detect_blobs", "Pyramid", "check_blob_sizes", "as_volume"]
 
 _SQRT3 = math.sqrt(3.0)
+#: Gaussian kernels of the DoG stack reach this many sigmas (``scipy.ndimage`` ``truncate``).
+TRUNCATE = 3.5
 
 
 def check_blob_sizes(blob_sizes: Any) -> tuple[float, float]:
@@ -138,6 +140,76 @@ def blob_sigmas(blob_sizes: tuple[float, float], unit: float, num_sigma_max: int
     return s_lo * k ** (np.arange(n + 1) - 0.5), k
 
 
+def dog_filters(wspacing: np.ndarray, factors: np.ndarray, sigmas: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The Gaussian sigmas (working voxels, per axis) applied in turn, and the local-maximum radius.
+
+    The first filter takes the binned image to ``sigmas[0]`` (the block mean already blurs by a
+    box of variance ``(f^2 - 1) / 12`` voxels^2); each next one adds the increment to
+    ``sigmas[j]``. The radius (per axis) of the local-maximum footprint is ``sigmas[1]`` in
+    working voxels, at least 1.
+    """
+    box_var = ((factors.astype(float) ** 2 - 1) / 12.0) / factors.astype(float) ** 2
+    filters = [np.sqrt(np.maximum((sigmas[0] / wspacing) ** 2 - box_var, 0.09))]
+    for j in range(1, len(sigmas)):
+        filters.append(np.sqrt(sigmas[j] ** 2 - sigmas[j - 1] ** 2) / wspacing)
+    rad = np.maximum(1, np.round(sigmas[1] / wspacing)).astype(int)
+    return filters, rad
+
+
+def dog_response(work: np.ndarray, filters: list[np.ndarray], k: float) -> np.ndarray:
+    """Maximum over the scale-normalised DoG levels (float32) of a binned volume."""
+    prev = ndimage.gaussian_filter(work, filters[0], mode="nearest", truncate=TRUNCATE)
+    best = np.full(work.shape, -np.inf, dtype=np.float32)
+    norm = np.float32(1.0 / (k - 1.0))
+    for inc in filters[1:]:
+        cur = ndimage.gaussian_filter(prev, inc, mode="nearest", truncate=TRUNCATE)
+        dog = prev - cur  # ~ -(k - 1) sigma^2 laplacian: positive on bright blobs, scale-normalised
+        dog *= norm
+        np.maximum(best, dog, out=best)
+        prev = cur
+    return best
+
+
+def local_maxima(best: np.ndarray, rad: np.ndarray) -> np.ndarray:
+    """Voxels equal to the maximum of ``best`` over a box of half-width ``rad`` (per axis)."""
+    return ndimage.maximum_filter(best, size=tuple(2 * rad + 1), mode="nearest") == best
+
+
+def auto_threshold(sample: np.ndarray) -> float:
+    """5 robust standard deviations above the median of a sample of DoG responses (at least 0)."""
+    med = float(np.median(sample))
+    return max(0.0, med + 5 * 1.4826 * float(np.median(np.abs(sample - med))))
+
+
+def sample_stride(size: int) -> int:
+    """Every how many voxels (of the raveled response) the automatic threshold samples."""
+    return max(1, size // 1_000_000)
+
+
+def refine_peaks(best: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Sub-voxel offsets (N, 3) of peaks ``idx`` by a parabola through each axis' neighbours."""
+    strength = best[tuple(idx.T)].astype(np.float64)
+    off = np.zeros(idx.shape, dtype=np.float64)
+    for ax in range(3):
+        e = np.zeros(3, dtype=int)
+        e[ax] = 1
+        lo = best[tuple((idx - e).T)].astype(np.float64)
+        hi = best[tuple((idx + e).T)].astype(np.float64)
+        den = lo - 2 * strength + hi
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.where(den < 0, 0.5 * (lo - hi) / den, 0.0)
+        off[:, ax] = np.clip(d, -0.5, 0.5)
+    return off
+
+
+def select_blobs(full: np.ndarray, strength: np.ndarray, nspots: int, inside: np.ndarray | None) -> np.ndarray:
+    """The ``nspots`` strongest blobs (N, 4), ties in the order given; ``inside``: a mask per blob."""
+    if inside is not None:
+        full, strength = full[inside], strength[inside]
+    order = np.argsort(-strength, kind="stable")[:nspots]
+    return np.column_stack([full[order], strength[order]]) if len(order) else np.zeros((0, 4))
+
+
 def _detect(
     work: np.ndarray,
     wspacing: np.ndarray,
@@ -149,29 +221,11 @@ def _detect(
     mask: np.ndarray | None,
 ) -> np.ndarray:
     """Blob detection on a binned volume; returns (N, 4) full-resolution indices and strengths."""
-    # the block mean already blurs by a box of variance (f^2 - 1) / 12 voxels^2
-    box_var = ((factors.astype(float) ** 2 - 1) / 12.0) / factors.astype(float) ** 2
-    s0 = np.sqrt(np.maximum((sigmas[0] / wspacing) ** 2 - box_var, 0.09))
-    prev = ndimage.gaussian_filter(work, s0, mode="nearest", truncate=3.5)
-    best = np.full(work.shape, -np.inf, dtype=np.float32)
-    norm = np.float32(1.0 / (k - 1.0))
-    for j in range(1, len(sigmas)):
-        inc = np.sqrt(sigmas[j] ** 2 - sigmas[j - 1] ** 2) / wspacing
-        cur = ndimage.gaussian_filter(prev, inc, mode="nearest", truncate=3.5)
-        dog = prev - cur  # ~ -(k - 1) sigma^2 laplacian: positive on bright blobs, scale-normalised
-        dog *= norm
-        np.maximum(best, dog, out=best)
-        prev = cur
-    del prev, dog
-    rad = np.maximum(1, np.round(sigmas[1] / wspacing)).astype(int)
-    peak = ndimage.maximum_filter(best, size=tuple(2 * rad + 1), mode="nearest") == best
-    if threshold is None:
-        # 5 robust standard deviations above the typical response: drops noise maxima
-        sub = best.ravel()[:: max(1, best.size // 1_000_000)]
-        med = float(np.median(sub))
-        thr = max(0.0, med + 5 * 1.4826 * float(np.median(np.abs(sub - med))))
-    else:
-        thr = float(threshold)
+    filters, rad = dog_filters(wspacing, factors, sigmas)
+    best = dog_response(work, filters, k)
+    peak = local_maxima(best, rad)
+    # 5 robust standard deviations above the typical response: drops noise maxima
+    thr = auto_threshold(best.ravel()[:: sample_stride(best.size)]) if threshold is None else float(threshold)
     peak &= best > thr
     # drop the outermost working voxels: a parabola fit needs both neighbours
     for ax in range(3):
@@ -184,24 +238,12 @@ def _detect(
     if len(idx) == 0:
         return np.zeros((0, 4))
     strength = best[tuple(idx.T)].astype(np.float64)
-    # sub-voxel refinement along each axis
-    off = np.zeros(idx.shape, dtype=np.float64)
-    for ax in range(3):
-        e = np.zeros(3, dtype=int)
-        e[ax] = 1
-        lo = best[tuple((idx - e).T)].astype(np.float64)
-        hi = best[tuple((idx + e).T)].astype(np.float64)
-        den = lo - 2 * strength + hi
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d = np.where(den < 0, 0.5 * (lo - hi) / den, 0.0)
-        off[:, ax] = np.clip(d, -0.5, 0.5)
-    full = (idx + off) * factors + (factors - 1) / 2.0
+    full = (idx + refine_peaks(best, idx)) * factors + (factors - 1) / 2.0
+    inside = None
     if mask is not None:
         near = np.clip(np.rint(full).astype(int), 0, np.asarray(mask.shape) - 1)
         inside = mask[tuple(near.T)]
-        full, strength = full[inside], strength[inside]
-    order = np.argsort(-strength, kind="stable")[:nspots]
-    return np.column_stack([full[order], strength[order]])
+    return select_blobs(full, strength, nspots, inside)
 
 
 class Pyramid:

@@ -14,15 +14,25 @@ smoothed to half the sampling step:
 
 A linear map (e.g. the linear part of a starting affine) can be applied to the sampling offsets so
 that the moving neighbourhoods are sampled on the ellipsoids matching the fixed spheres.
+
+For a dask-backed image (:class:`lazyreg.registration.blob_chunks.LazyPyramid`) the smoothed copy
+stays lazy (binned chunk by chunk, smoothed with ``map_overlap`` by a halo of the kernel's radius)
+and only what lies within reach of the points is read and kept (:func:`lazyreg.regions.point_regions`:
+per chunk holding points, that chunk plus the reach, or each point's box when smaller), with a
+reach of 1.25 times what the first sampling needs, so that later samplings through other linear
+maps reuse it; the samples are the same as on the whole copy, bit for bit.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import dask.array as da
 import numpy as np
 from scipy import ndimage
 
 from ..images import Grid
-from .blobs import Pyramid
+from ..regions import point_regions
 
 __all__ = ["Describer", "zscore_rows"]
 
@@ -30,6 +40,7 @@ _LMAX = 4  # spherical-harmonic degrees in the shell descriptor
 _N_SHELLS = 8  # shells within the context radius
 _N_DIRS = 100  # directions sampled on each shell
 _N_PATCH = 4  # patch half-width in samples
+_REACH_MARGIN = 1.25  # lazy images: boxes read around points reach this much further than needed
 
 
 def _fibonacci_sphere(n: int) -> np.ndarray:
@@ -63,7 +74,7 @@ def _sh_basis(dirs: np.ndarray, lmax: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(cols, axis=1), np.asarray(degree)
 
 
-def _descriptor_volume(pyr: Pyramid, step: float) -> tuple[np.ndarray, Grid]:
+def _descriptor_volume(pyr: Any, step: float) -> tuple[Any, Grid]:
     """A copy smoothed to about half the sampling ``step`` (physical) on a grid no coarser than
     ``step``, for descriptor sampling; its grid's origin is relative to the image's origin."""
     sp = pyr.spacing
@@ -72,22 +83,55 @@ def _descriptor_volume(pyr: Pyramid, step: float) -> tuple[np.ndarray, Grid]:
     wsp = sp * factors
     box_var = ((factors.astype(float) ** 2 - 1) / 12.0) / factors.astype(float) ** 2
     s = np.sqrt(np.maximum((0.5 * step / wsp) ** 2 - box_var, 0.0))
-    if np.any(s > 0.2):
+    if np.any(s > 0.2) and isinstance(work, da.Array):
+        depth = tuple(int(3.0 * float(a) + 0.5) for a in s)  # the kernel's radius: exact on each chunk
+        work = work.map_overlap(
+            ndimage.gaussian_filter, depth=depth, boundary="none", dtype=np.float32,
+            sigma=tuple(float(a) for a in s), mode="nearest", truncate=3.0,
+        )
+    elif np.any(s > 0.2):
         work = ndimage.gaussian_filter(work, s, mode="nearest", truncate=3.0)
     origin = (factors - 1) / 2.0 * sp
     return work, Grid(work.shape, tuple(wsp), tuple(origin))
 
 
+class _PointBoxes:
+    """The regions of a lazy volume around the points last sampled, read once and reused."""
+
+    def __init__(self, vol: da.Array):
+        self.vol = vol
+        self.centres: np.ndarray | None = None
+        self.reach = np.zeros(3)
+        self.regions: list = []
+
+    def sample(self, idx: np.ndarray, c: np.ndarray, o: np.ndarray) -> np.ndarray:
+        need = np.abs(o).max(axis=0) if len(o) else np.zeros(3)
+        if self.centres is None or not np.array_equal(self.centres, c) or np.any(need > self.reach):
+            self.reach = need * _REACH_MARGIN
+            self.regions = point_regions(self.vol, c, self.reach)
+            self.centres = c.copy()
+        out = np.empty(idx.shape[1:], dtype=np.float32)
+        for ids, lo, values in self.regions:
+            local = idx[:, ids, :] - lo[:, None, None]  # exact: an integer subtracted
+            out[ids] = ndimage.map_coordinates(
+                values, local.reshape(3, -1), order=1, mode="nearest", output=np.float32
+            ).reshape(len(ids), -1)
+        return out
+
+
 def _sample(
-    vol: np.ndarray, g: Grid, origin: np.ndarray, centres: np.ndarray, offsets: np.ndarray, lin: np.ndarray
+    vol: Any, g: Grid, origin: np.ndarray, centres: np.ndarray, offsets: np.ndarray, lin: np.ndarray
 ) -> np.ndarray:
-    """Values (N, P) at ``centres + lin @ offsets`` (physical) by trilinear interpolation."""
+    """Values (N, P) at ``centres + lin @ offsets`` (physical) by trilinear interpolation; ``vol``
+    is the whole volume or a :class:`_PointBoxes` of a lazy one."""
     sp = np.asarray(g.spacing)
     c = (centres - origin - np.asarray(g.origin)) / sp  # (N, 3) working indices
     o = (offsets @ lin.T) / sp  # (P, 3)
     idx = np.empty((3, len(c), len(o)), dtype=np.float64)
     for ax in range(3):
         np.add.outer(c[:, ax], o[:, ax], out=idx[ax])
+    if isinstance(vol, _PointBoxes):
+        return vol.sample(idx, c, o)
     out = ndimage.map_coordinates(vol, idx.reshape(3, -1), order=1, mode="nearest", output=np.float32)
     return out.reshape(len(centres), len(offsets))
 
@@ -121,9 +165,11 @@ class Describer:
     ((1, 41), (1, 257))
     """
 
-    def __init__(self, pyr: Pyramid, radius: float):
+    def __init__(self, pyr: Any, radius: float):
         self.step = radius / _N_SHELLS
         self.vol, self.wg = _descriptor_volume(pyr, self.step)
+        if isinstance(self.vol, da.Array):  # a LazyPyramid: read around the points only
+            self.vol = _PointBoxes(self.vol)
         self.origin = np.asarray(pyr.g.origin)
         self.radius = radius
         r = np.arange(-_N_PATCH, _N_PATCH + 1) * (radius / _N_PATCH)

@@ -1,6 +1,8 @@
 """Global alignment by feature points: blobs, rotation-invariant descriptors, matching and RANSAC.
 
-The pipeline of :func:`align_features`, all eager and on in-memory arrays (pass downsampled levels):
+The pipeline of :func:`align_features`, eager; in-memory images are used whole, dask-backed
+images of more than one chunk are never loaded whole (:mod:`.blob_chunks`: blobs detected tile by
+tile, descriptors read around the blobs only), with the same result:
 
 1. **Blobs** (:mod:`.blobs`) in both images, sub-voxel, strongest first.
 2. **Descriptors** (:mod:`.descriptors`) of each blob's neighbourhood: rotation-invariant
@@ -30,6 +32,7 @@ from ..errors import LazyregError
 from ..images import Grid, grid_of, validate_image
 from ..transforms.affine import Affine, as_matrix
 from ..validation import check_int, check_number, check_seed
+from .blob_chunks import LazyPyramid, is_chunked, lazy_mask
 from .blobs import Pyramid, as_volume, blob_sigmas, check_blob_sizes
 from .descriptors import Describer
 from .matching import match_all, match_guided
@@ -154,7 +157,9 @@ def align_features(
     Parameters
     ----------
     fixed, moving : xarray.DataArray
-        Images (numpy- or dask-backed; computed here, so pass a downsampled level).
+        Images. In memory, or dask-backed: an image of one chunk is computed here; one of several
+        chunks is never loaded whole (blobs are detected tile by tile and descriptors read around
+        the blobs; :mod:`lazyreg.registration.blob_chunks`), with the same result.
     blob_sizes : (float, float)
         Smallest and largest blob radius in voxels of the fixed image's smallest spacing; the
         same physical sizes are used in both images.
@@ -245,8 +250,7 @@ def align_features(
     gf, gm = grid_of(fixed, "fixed"), grid_of(moving, "moving")
     unit = float(min(gf.spacing))
     _check_extent(gf, gm, b, unit)
-    fv, mv = as_volume(fixed, "fixed"), as_volume(moving, "moving")
-    masks = (_mask_values(fixed_mask, fv.shape, "fixed_mask"), _mask_values(moving_mask, mv.shape, "moving_mask"))
+    pyrs, masks = _inputs((fixed, moving), (gf, gm), (fixed_mask, moving_mask))
     radius = float(context_radius) if context_radius is not None else 2.0 * math.sqrt(b[0] * b[1]) * unit
     thr = float(align_threshold) if align_threshold is not None else 2.0 * float(np.prod(gf.spacing)) ** (1 / 3)
     rng = np.random.default_rng(int(seed))
@@ -263,7 +267,6 @@ def align_features(
         report["seconds"] = time.perf_counter() - t_start
         return Affine(start, report=report)
 
-    pyrs = (Pyramid(fv, gf), Pyramid(mv, gm))
     fpts, mpts = _points(pyrs, (fixed_points, moving_points), masks, b, unit, num_sigma_max, nspots, threshold, rng, report)
     counts = f"{len(fpts)} blobs in fixed and {len(mpts)} in moving"
     if min(len(fpts), len(mpts)) < 4:
@@ -310,6 +313,17 @@ def align_features(
     return Affine(matrix, report=report)
 
 
+def _inputs(images: tuple, grids: tuple, masks: tuple) -> tuple[tuple, tuple]:
+    """Each image in memory, or lazy when it is dask-backed with several chunks; masks to match."""
+    pyrs, ms = [], []
+    for img, g, name in zip(images, grids, ("fixed", "moving")):
+        pyrs.append(LazyPyramid(img.data, g, name) if is_chunked(img) else Pyramid(as_volume(img, name), g))
+    for pyr, mask, name in zip(pyrs, masks, ("fixed", "moving")):
+        check = lazy_mask if isinstance(pyr, LazyPyramid) else _mask_values
+        ms.append(check(mask, pyr.g.shape, f"{name}_mask"))
+    return tuple(pyrs), tuple(ms)
+
+
 def _check_initial(initial: Any) -> np.ndarray | None:
     m = as_matrix(initial, "initial")
     if m is not None and abs(np.linalg.det(m[:3, :3])) < 1e-12:
@@ -334,6 +348,8 @@ def _points(pyrs, users, masks, b, unit, num_sigma_max, nspots, threshold, rng, 
     pts = []
     for name, pyr, mask, user in zip(("fixed", "moving"), pyrs, masks, users):
         if user is not None:
+            if isinstance(pyr, LazyPyramid):
+                pyr.check()  # as as_volume: NaN or constant images are refused
             p, dropped = _user_points(user, pyr.g, f"{name}_points", nspots, rng)
             report[f"{name}_points_outside"] = dropped
         else:
