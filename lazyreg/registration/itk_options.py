@@ -20,24 +20,12 @@ import xarray as xr
 from ..errors import LazyregError
 from ..images import Grid
 from ..transforms.affine import as_matrix
-from ..validation import check_choice, check_int, check_positive_ints, check_seed, suggest
+from ..validation import check_choice, check_int, check_number, check_positive_ints, check_seed, suggest
 
 __all__ = [
-    "AFFINE_TRANSFORMS",
-    "AUTO_MIN_VOXELS",
-    "AUTO_SHRINK",
-    "DEFAULT_SAMPLES",
-    "DEFORMABLE_TRANSFORMS",
-    "FIELD_ONLY_METRICS",
-    "FIELD_OPTIMIZERS",
-    "INTERPOLATORS",
-    "METRICS",
-    "MIN_STEP_FRACTION",
-    "OPTIMIZERS",
-    "SAMPLING",
-    "SCALES",
-    "UNSCALED_OPTIMIZERS",
-    "validate_itk_options",
+    "AFFINE_TRANSFORMS", "AUTO_MIN_VOXELS", "AUTO_SHRINK", "DEFAULT_SAMPLES", "DEFORMABLE_TRANSFORMS",
+    "FIELD_ONLY_METRICS", "FIELD_OPTIMIZERS", "INTERPOLATORS", "METRICS", "MIN_STEP_FRACTION", "OPTIMIZERS",
+    "SAMPLING", "SCALES", "UNSCALED_OPTIMIZERS", "validate_itk_options",
 ]
 
 
@@ -182,6 +170,8 @@ _STEP_DEFAULTS: dict[str, dict[str, Any]] = {
         "scales": None,
         "sampling": None,
         "shrink_factors": (2, 1),
+        "bending": 0.0,
+        "bending_rounds": 4,
     },
 }
 #: Defaults of ``align_deformable`` that depend on its transform.
@@ -336,8 +326,9 @@ def validate_itk_options(step: str, options: Mapping[str, Any]) -> dict[str, Any
         For an unknown step, option, metric, optimizer, sampling, interpolator, scales or
         transform name (listing the valid ones and the closest match), a parameter that the
         SimpleITK method does not take, values of the wrong type or range (e.g.
-        ``smooth_sigmas`` not of the length of ``shrink_factors``), the "demons" metric without
-        ``transform="field"``, or an optimizer that cannot optimise a dense field.
+        ``smooth_sigmas`` not of the length of ``shrink_factors``, a negative ``bending``), the
+        "demons" metric without ``transform="field"``, ``bending`` without ``transform="bspline"``,
+        or an optimizer that cannot optimise a dense field.
 
     Examples
     --------
@@ -456,7 +447,7 @@ def _check_pyramid(o: dict[str, Any]) -> int | None:
 
 
 def _check_deformable(o: dict[str, Any], n: int | None) -> None:
-    """Control points, refinement levels, field grid and field smoothing of the deformable step."""
+    """Control points, refinement levels, field grid, field smoothing and bending of the deformable step."""
     cps = o["control_point_spacing"]
     if cps is not None:
         try:
@@ -495,3 +486,10 @@ def _check_deformable(o: dict[str, Any], n: int | None) -> None:
             f"got {o['field_smoothing']!r}"
         )
     o["field_smoothing"] = (float(sm[0]), float(sm[1]))
+    o["bending"] = check_number(o["bending"], "bending", 0.0)
+    o["bending_rounds"] = check_int(o["bending_rounds"], "bending_rounds", minimum=1)
+    if o["bending"] and o["transform"] != "bspline":
+        raise LazyregError(
+            f"bending: penalises the B-spline's coefficients, so it needs transform='bspline' (got {o['transform']!r}); "
+            "a dense field is smoothed by field_smoothing instead: pass bending=0"
+        )

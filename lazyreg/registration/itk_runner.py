@@ -261,6 +261,8 @@ def run_levels(
     make_transform: Callable[[sitk.Image], sitk.Transform],
     before_level: Callable[[int, sitk.Transform, sitk.Image, sitk.Image, int], None] | None = None,
     virtual: sitk.Image | None = None,
+    rounds: int = 1,
+    after_round: Callable[[int, sitk.Transform], None] | None = None,
 ) -> tuple[sitk.Transform, list[dict], dict]:
     """The multi-resolution loop shared by every SimpleITK step; the transform is optimised in place.
 
@@ -277,6 +279,12 @@ def run_levels(
         (e.g. to refine a B-spline mesh).
     virtual : sitk.Image, optional
         The virtual domain (a dense field's grid).
+    rounds : int
+        Split each level's optimizer run into this many runs (at most one per iteration),
+        each with its share of ``numberOfIterations`` / ``maximumNumberOfFunctionEvaluations``
+        (rounded up); levels then report their ``rounds``. 1 (default): one run per level.
+    after_round : callable, optional
+        ``after_round(k, transform)``, called after every run of level ``k`` (e.g. a proximal step).
 
     Returns
     -------
@@ -317,26 +325,28 @@ def run_levels(
             pct = min(1.0, (o.get("samples") or DEFAULT_SAMPLES) / max(1.0, nvox * ffrac))
         if before_level is not None:
             before_level(k, transform, Fk, Mk, threads)
-        R = _setup_method(o, transform.GetNumberOfParameters(), min(Fk.GetSpacing()), pct, threads, (fmask, mmask))
-        if moving_init is not None:
-            R.SetMovingInitialTransform(moving_init)
-        if virtual is not None:
-            R.SetVirtualDomainFromImage(virtual)
-        R.SetInitialTransform(transform, inPlace=True)
-        level = _execute(R, o, transform, Fk, Mk, k, f)
+        ok, nk = _round_options(o, rounds)
+        for r in range(nk):  # a new method per run: it must start from the transform as it is now
+            R = _setup_method(ok, transform.GetNumberOfParameters(), min(Fk.GetSpacing()), pct, threads, (fmask, mmask))
+            if moving_init is not None:
+                R.SetMovingInitialTransform(moving_init)
+            if virtual is not None:
+                R.SetVirtualDomainFromImage(virtual)
+            R.SetInitialTransform(transform, inPlace=True)
+            run = _execute(R, o, transform, Fk, Mk, k, f)
+            if r:
+                run.update(iterations=level["iterations"] + run["iterations"], rounds=r + 1,
+                           seconds_optimizer=level["seconds_optimizer"] + run["seconds_optimizer"])
+            level = run
+            if after_round is not None:
+                after_round(k, transform)
         sampled = o["sampling"] != "none"
-        levels.append(
-            {
-                "level": k + 1,
-                "shrink_factor": int(f),
-                "smooth_sigma": float(s),
-                "shape": tuple(int(v) for v in Fk.GetSize()[::-1]),
-                "sampling_percentage": float(pct) if sampled else 1.0,
-                "samples": int(round(nvox * ffrac * (pct if sampled else 1.0))),
-                **level,
-                "seconds": time.perf_counter() - t0,
-            }
-        )
+        levels.append({
+            "level": k + 1, "shrink_factor": int(f), "smooth_sigma": float(s),
+            "shape": tuple(int(v) for v in Fk.GetSize()[::-1]), "sampling_percentage": float(pct) if sampled else 1.0,
+            "samples": int(round(nvox * ffrac * (pct if sampled else 1.0))), **level,
+            "seconds": time.perf_counter() - t0,
+        })
     idle = [lv["level"] for lv in levels if lv["iterations"] == 0]
     warning = None
     if idle:
@@ -346,18 +356,23 @@ def run_levels(
         )
         log.warning("%s", warning)
     summary = {
-        "warning": warning,
-        "metric": o["metric"],
-        "optimizer": o["optimizer"],
-        "metric_value": levels[-1]["metric_value"],
-        "stop_condition": levels[-1]["stop_condition"],
-        "iterations": sum(lv["iterations"] for lv in levels),
-        "levels": levels,
-        "threads": threads,
-        "seed": int(o["seed"]),
-        "seconds": time.perf_counter() - t_start,
+        "warning": warning, "metric": o["metric"], "optimizer": o["optimizer"],
+        "metric_value": levels[-1]["metric_value"], "stop_condition": levels[-1]["stop_condition"],
+        "iterations": sum(lv["iterations"] for lv in levels), "levels": levels, "threads": threads,
+        "seed": int(o["seed"]), "seconds": time.perf_counter() - t_start,
     }
     return transform, levels, summary
+
+
+def _round_options(o: Mapping[str, Any], rounds: int) -> tuple[Mapping[str, Any], int]:
+    """Options for one of ``rounds`` runs of a level (iterations and evaluations shared out), and their number."""
+    args = dict(o["optimizer_args"])
+    rounds = min(int(rounds), max(1, int(args.get("numberOfIterations", rounds))))
+    if rounds == 1:
+        return o, 1
+    shared = ("numberOfIterations", "maximumNumberOfFunctionEvaluations")
+    args.update({key: -(-int(v) // rounds) for key, v in args.items() if key in shared})  # rounded up
+    return dict(o, optimizer_args=args), rounds
 
 
 def _execute(
