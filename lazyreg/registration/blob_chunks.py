@@ -42,7 +42,7 @@ from ..images import Grid
 from ..regions import region_task
 from ..validation import check_int, check_number, check_spacing
 from .blobs import (
-    TRUNCATE, auto_threshold, bin_mean, blob_sigmas, check_blob_sizes, detect_factors, dog_filters,
+    TRUNCATE, auto_threshold, bin_mean, blob_sigmas, check_blob_sizes, check_volume_array, detect_factors, dog_filters,
     dog_response, local_maxima, refine_peaks, sample_stride, select_blobs,
 )
 
@@ -192,14 +192,7 @@ class LazyPyramid:
     """
 
     def __init__(self, data: da.Array, g: Grid, name: str, chunk: int | None = None):
-        if data.ndim != 3:
-            raise LazyregError(f"{name}: expected a 3D (z, y, x) array, got shape {data.shape}")
-        if data.size == 0:
-            raise LazyregError(f"{name}: image is empty (shape {data.shape})")
-        if data.dtype == np.bool_:
-            data = data.astype(np.uint8)
-        if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-            raise LazyregError(f"{name}: expected a real numeric dtype, got {data.dtype}")
+        data = check_volume_array(data, name)
         self.data, self.g, self.name = data, g, name
         self.chunk = int(DETECT_CHUNK if chunk is None else chunk)
         self.spacing = np.asarray(g.spacing, dtype=float)

@@ -20,7 +20,7 @@ from ..errors import LazyregError
 from ..images import Grid
 from ..validation import check_int, check_number, check_spacing
 
-__all__ = ["detect_blobs", "Pyramid", "check_blob_sizes", "as_volume"]
+__all__ = ["detect_blobs", "Pyramid", "check_blob_sizes", "as_volume", "check_volume_array"]
 
 _SQRT3 = math.sqrt(3.0)
 #: Gaussian kernels of the DoG stack reach this many sigmas (``scipy.ndimage`` ``truncate``).
@@ -57,6 +57,33 @@ def check_blob_sizes(blob_sizes: Any) -> tuple[float, float]:
     return float(b[0]), float(b[1])
 
 
+def check_volume_array(v: Any, name: str) -> Any:
+    """``v`` (a numpy or dask array) checked as a 3-D real volume, booleans as uint8.
+
+    The checks that need no pass over the values (shape, size, dtype), shared by the in-memory
+    (:func:`as_volume`) and the chunked (:class:`~lazyreg.registration.blob_chunks.LazyPyramid`)
+    paths.
+
+    Examples
+    --------
+    >>> check_volume_array(np.ones((2, 2, 2), dtype=bool), "fixed").dtype
+    dtype('uint8')
+    >>> check_volume_array(np.ones((2, 2)), "fixed")
+    Traceback (most recent call last):
+    ...
+    lazyreg.errors.LazyregError: fixed: expected a 3D (z, y, x) array, got shape (2, 2)
+    """
+    if v.ndim != 3:
+        raise LazyregError(f"{name}: expected a 3D (z, y, x) array, got shape {v.shape}")
+    if v.size == 0:
+        raise LazyregError(f"{name}: image is empty (shape {v.shape})")
+    if v.dtype == np.bool_:
+        v = v.astype(np.uint8)
+    if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
+        raise LazyregError(f"{name}: expected a real numeric dtype, got {v.dtype}")
+    return v
+
+
 def as_volume(values: Any, name: str) -> np.ndarray:
     """A finite, non-constant 3D array (not copied when already a numpy array), with clear errors.
 
@@ -71,15 +98,7 @@ def as_volume(values: Any, name: str) -> np.ndarray:
         values = values.data
     if hasattr(values, "compute") and not isinstance(values, np.ndarray):
         values = values.compute()
-    v = np.asarray(values)
-    if v.ndim != 3:
-        raise LazyregError(f"{name}: expected a 3D (z, y, x) array, got shape {v.shape}")
-    if v.size == 0:
-        raise LazyregError(f"{name}: image is empty (shape {v.shape})")
-    if v.dtype == np.bool_:
-        v = v.astype(np.uint8)
-    if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
-        raise LazyregError(f"{name}: expected a real numeric dtype, got {v.dtype}")
+    v = check_volume_array(np.asarray(values), name)
     if np.issubdtype(v.dtype, np.floating):
         bad = ~np.isfinite(v)
         if bad.any():
