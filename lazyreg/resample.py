@@ -448,10 +448,10 @@ def apply_transform(
 
 
 def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> tuple[da.Array, ChunkRefs]:
-    """Every task depends on the whole moving image: free when it is in memory already."""
+    """Every task depends on the whole moving image: free when it is in memory already (then
+    ``mov_arr`` is its one block)."""
     if not isinstance(moving.data, da.Array):
-        whole = da.from_array(np.asarray(moving.data), chunks=moving.shape, name=mov_arr.name + "-whole")
-        return whole, ChunkRefs.of(whole, tuple(slice(0, n) for n in whole.shape))
+        return mov_arr, ChunkRefs.of(mov_arr, tuple(slice(0, n) for n in mov_arr.shape))
     if mov_arr.nbytes > SMALL_MOVING_BYTES:
         raise LazyregError(
             "moving: the transforms are lazy, so which moving voxels each output chunk needs is known only "
