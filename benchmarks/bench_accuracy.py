@@ -27,6 +27,8 @@ Registration, per pair (each tool in its own subprocess, so that its peak RSS an
   ``[("affine", {}), ("deform", {})]`` (the table says so). Blocksize 128 (phantom: 64).
 * ``lazyreg default (blocksize 64)``, tutorial only, with ``--small-blocks``: the same default steps on blocks half as large
   (their B-spline mesh scales with the block, so this halves the control-point spacing).
+* ``lazyreg default, coarse=True``: the same, after the whole-image coarse B-spline
+  (:mod:`lazyreg.registration.coarse`), composed into the field.
 * ``lazyreg balanced`` / ``lazyreg fast``: ``align_piecewise(..., quality="balanced" | "fast")``
   (the demons alone; the demons at a quarter resolution), same blocksize: the same-run comparison of
   the presets (the default is ``quality="best"``).
@@ -405,6 +407,9 @@ def worker_lazyreg(work: Path, spec: dict) -> dict:
         elif spec["config"] in ("balanced", "fast"):
             field = lazyreg.align_piecewise(fixed, moving, quality=spec["config"], **kw)
             rec["steps"] = f"quality={spec['config']}"
+        elif spec["config"] == "coarse":
+            field = lazyreg.align_piecewise(fixed, moving, coarse=True, **kw)
+            rec["steps"] = "align_piecewise default steps, coarse=True"
         else:
             rec["steps"] = BSPLINE_STEPS if spec["config"] == "bspline" else bigstream_steps(spec["pair"])
             field = lazyreg.align_piecewise(fixed, moving, rec["steps"], **kw)
@@ -866,6 +871,7 @@ def main() -> int:
                 runs += [("lazyreg", "default", f"lazyreg piecewise default (blocksize {bs}{ff})")]
                 if pname == "tutorial" and args.small_blocks:  # the default steps on smaller blocks (their mesh scales with the block)
                     runs.append(("lazyreg", "default-half", f"lazyreg piecewise default (blocksize {bs // 2})"))
+                runs.append(("lazyreg", "coarse", f"lazyreg piecewise default, coarse=True (blocksize {bs}{ff})"))
                 for q in ("balanced", "fast"):
                     runs.append(("lazyreg", q, f"lazyreg piecewise quality={q} (blocksize {bs}{ff})"))
                 if args.former:

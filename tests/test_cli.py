@@ -151,7 +151,7 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
     out = pair.dir / "piecewise"
     r = run(
         "align-piecewise", pair.fix, pair.mov, "-o", out, "--steps", pair.dir / "blocks.json", "--static", pair.affine,
-        "--blocksize", "24", "--overlap", "0.25", "--foreground-fraction", "0.1", "--scheduler", "threads",
+        "--blocksize", "24", "--overlap", "0.25", "--foreground-fraction", "0.1", "--scheduler", "threads", "--coarse",
     )
     assert r.returncode == 0, r.stderr
     assert re.search(r"piecewise alignment in [\d.]+ s; 4 blocks: \d+ ok", r.stdout), r.stdout
@@ -164,6 +164,7 @@ def test_align_piecewise_writes_field_block_report_and_pictures(pair):
     assert report["command"] == "align-piecewise" and report["static"] == [str(pair.affine)]
     # every option in effect is recorded, defaults included
     assert report["parameters"]["field_spacing"] == [2 * s for s in SPACING]
+    assert report["parameters"]["coarse"] is True  # asked for; left out here: 24 slices are too few for it
     [(name, options)] = report["steps_in_effect"]
     assert name == "affine" and options["metric"] == "correlation" and "shrink_factors" in options
     assert len(report["blocks"]) == 4  # 1 x 2 x 2 blocks of 24 voxels

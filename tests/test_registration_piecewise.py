@@ -99,7 +99,7 @@ def _blend(L, results, fgrid=None):
     filled = {i: fill_block(L, results[i], *[results[j] for j in L.neighbours(i)]) for i in L.indices()}
     lo = np.asarray(fgrid.origin)
     hi = lo + (np.asarray(fgrid.shape) - 1) * np.asarray(fgrid.spacing)
-    return field_chunk(L, fgrid, *[filled[j] for j in L.blocks_touching(lo, hi)])
+    return field_chunk(L, fgrid, None, None, *[filled[j] for j in L.blocks_touching(lo, hi)])
 
 
 def test_blending_is_seamless_and_a_failed_block_is_covered_by_its_neighbours():

@@ -225,6 +225,7 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
         foreground_fraction=args.foreground_fraction,
         foreground_threshold=args.foreground_threshold,
         seed=args.seed,
+        coarse=args.coarse,
     )
     args.field_spacing = tuple(float(s) for s in lazy.grid.spacing)  # in effect (default included), for the report
 

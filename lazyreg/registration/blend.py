@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..images import Grid
+from ..transforms.field import interpolate_field
 from .blocks import BlockLayout
 
 __all__ = ["has_result", "local_displacement", "fill_block", "field_chunk"]
@@ -171,10 +172,13 @@ def _disagreement(layout: BlockLayout, result: dict, ok: list[dict]) -> str | No
     return None
 
 
-def field_chunk(layout: BlockLayout, chunk: Grid, *results: dict) -> np.ndarray:
+def field_chunk(layout: BlockLayout, chunk: Grid, coarse: np.ndarray | None, coarse_grid: Grid | None, *results: dict) -> np.ndarray:
     """Blend block results over one chunk of the field grid -> (Z, Y, X, 3) float32.
 
-    ``results`` are (filled) results of every block whose weight may reach the chunk.
+    ``results`` are (filled) results of every block whose weight may reach the chunk. ``coarse``
+    (values on ``coarse_grid``, or None) is a field the blocks were aligned after (the coarse
+    stage, :mod:`lazyreg.registration.coarse`): it is composed in, ``f(x) + coarse(x + f(x))``,
+    interpolated as the blocks' static transforms were (:func:`~lazyreg.transforms.field.interpolate_field`).
 
     Examples
     --------
@@ -183,7 +187,7 @@ def field_chunk(layout: BlockLayout, chunk: Grid, *results: dict) -> np.ndarray:
     >>> layout = block_layout(Grid((32, 32, 32), 1.0), blocksize=16, overlap=0.25)
     >>> m = np.eye(4); m[:3, 3] = 1.0
     >>> results = [{"index": i, "status": "ok", "matrix": m} for i in layout.indices()]
-    >>> out = field_chunk(layout, Grid((4, 4, 4), 1.0, origin=(14, 14, 14)), *results)
+    >>> out = field_chunk(layout, Grid((4, 4, 4), 1.0, origin=(14, 14, 14)), None, None, *results)
     >>> out.shape, bool(np.allclose(out, 1.0))
     ((4, 4, 4, 3), True)
     """
@@ -221,5 +225,7 @@ def field_chunk(layout: BlockLayout, chunk: Grid, *results: dict) -> np.ndarray:
             den[sel] += w[sel]
         good = den > 0
         num[good] /= den[good, None]
+        if coarse is not None:
+            num += interpolate_field(coarse, coarse_grid, pts + num)  # as the blocks saw it
         out[z0 : z0 + step] = num.reshape(len(zs), len(yc), len(xc), 3)
     return out
