@@ -33,7 +33,10 @@ from ..transforms.field import DisplacementField
 from .pipeline import align
 from .steps import parse_steps
 
-__all__ = ["COARSE_OPTIONS", "COARSE_SPACING_FRACTION", "COARSE_MAX_VOXELS", "coarse_spacing", "coarse_stride", "coarse_options", "coarse_field"]
+__all__ = [
+    "COARSE_OPTIONS", "COARSE_SPACING_FRACTION", "COARSE_MAX_INTERVALS", "COARSE_SAMPLES_PER_PARAMETER", "COARSE_SAMPLES",
+    "COARSE_MAX_VOXELS", "COARSE_MIN_SIDE", "coarse_spacing", "coarse_stride", "coarse_options", "coarse_field",
+]
 
 #: Options of the coarse stage's ``"deform"`` step (:func:`lazyreg.registration.itk.align_deformable`):
 #: the mesh refined twice (control points 4x, 2x, then 1x the finest spacing of
@@ -120,7 +123,7 @@ def coarse_options(coarse: bool | Mapping[str, Any] | None) -> dict[str, Any] | 
 
 
 def _strided(img: xr.DataArray | None, k: int) -> xr.DataArray | None:
-    return None if img is None or k == 1 else img[::k, ::k, ::k]
+    return img if img is None or k == 1 else img[::k, ::k, ::k]
 
 
 def coarse_field(
@@ -167,9 +170,8 @@ def coarse_field(
     initial = Affine.identity()
     for t in static:
         initial = initial @ t
-    fx, mv, mk = _strided(fixed, kf), _strided(moving, km), _strided(fixed_mask, kf)
-    _, field = align(fx if fx is not None else fixed, mv if mv is not None else moving, [("deform", opts)],
-                     fixed_mask=mk if mk is not None else fixed_mask, initial=initial, seed=seed)
+    _, field = align(_strided(fixed, kf), _strided(moving, km), [("deform", opts)],
+                     fixed_mask=_strided(fixed_mask, kf), initial=initial, seed=seed)
     g = field.grid
     pad = np.ceil(np.broadcast_to(np.asarray(margin, dtype=float), (3,)) / np.asarray(g.spacing)).astype(int) + 1
     values = da.pad(field.data, [(int(p), int(p)) for p in pad] + [(0, 0)], mode="edge")
