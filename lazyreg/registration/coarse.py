@@ -139,8 +139,8 @@ def coarse_field(
     """The lazy coarse B-spline field on top of the affine ``static`` transforms, or None.
 
     The field's grid reaches ``margin`` (physical units, per axis) beyond the fixed image's, with
-    the edge values repeated: block regions and the points their fields move reach past the
-    fixed image, and a field is zero beyond its grid (:func:`lazyreg.transforms.field.interpolate_field`),
+    the edge values repeated: field nodes past the fixed image's last voxel and the points the
+    blocks' fields move reach past the fixed image, and a field is zero beyond its grid (:func:`lazyreg.transforms.field.interpolate_field`),
     which would make a step there.
 
     None when ``options`` is None, when ``static`` holds a displacement field (it carries a

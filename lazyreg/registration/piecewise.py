@@ -316,7 +316,8 @@ def align_piecewise(
     seed = check_seed(seed)
     fgrid = _field_grid(g_fixed, field_spacing)
     copts = coarse_options(coarse)
-    # the coarse field reaches over the blocks' padding and a quarter block more (points moved by them)
+    # block regions stop at the fixed image, but field nodes past its last voxel and the points the
+    # blocks' fields move reach beyond it: a generous margin, the blocks' padding plus a quarter block
     margin = (np.asarray(layout.pad) + np.asarray(layout.blocksize) / 4) * np.asarray(g_fixed.spacing)
     G = coarse_field(fixed, moving, static, copts if math.prod(layout.nblocks) > 1 else None, margin=margin,
                      fixed_mask=fixed_mask, seed=seed)
