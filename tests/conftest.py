@@ -40,3 +40,17 @@ def _fresh_result_cache():
 
     clear_cache(client=False)
     yield
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the long cases first: the notebook (about 3 minutes), then the others marked slow.
+
+    pytest-xdist hands tests out in this order; a long test collected near the end would start
+    when the other worker has nothing left to do and keep the suite waiting for it alone.
+    """
+    def rank(item: pytest.Item) -> int:
+        if item.nodeid.startswith("tests/test_notebook.py"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)  # stable: the order within each group is kept

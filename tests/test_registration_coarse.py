@@ -71,6 +71,7 @@ def test_left_out_after_a_field_for_one_block_and_for_tiny_images(pair):
     assert one.data.name == off.data.name
 
 
+@pytest.mark.slow
 def test_the_field_is_the_blocks_composed_with_the_coarse_field_and_lowers_their_error(pair):
     fixed, moving, A, d = pair
     clear_cache()

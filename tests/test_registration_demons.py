@@ -152,6 +152,7 @@ def test_levels_too_coarse_for_the_image_are_refused(pair):
         align_demons(fixed, moving, initial=A, shrink_factors=(16,), iterations=2)
 
 
+@pytest.mark.slow
 def test_quality_presets_order_error_and_the_default_is_best():
     """``quality`` chooses the block steps; "best" (the default) < "balanced" < "fast" in error."""
     from lazyreg.registration.piecewise import DEFAULT_QUALITY, DEFAULT_STEPS, QUALITIES
@@ -227,6 +228,7 @@ def test_a_field_step_after_a_field_step_is_composed_with_it(pair):
         del STEPS["test_constant"]
 
 
+@pytest.mark.slow
 def test_b_spline_then_demons_in_align_and_in_blocks(pair):
     """The demons refine a B-spline: better than the B-spline alone, one field, no fold."""
     fixed, moving, A, d = pair
