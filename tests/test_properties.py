@@ -610,11 +610,11 @@ def _blend_everywhere(c: dict) -> tuple:
         cg = Grid(tuple(s.stop - s.start for s in sl), fgrid.spacing, tuple(fgrid.to_physical(start[None])[0]))
         lo, hi = cg.extent
         touching = L.blocks_touching(lo, hi)
-        blended[sl] = field_chunk(L, cg, None, None, *[own[j] for j in touching])
-        everyone = field_chunk(L, cg, None, None, *own.values())
+        blended[sl] = field_chunk(L, cg, *[own[j] for j in touching])
+        everyone = field_chunk(L, cg, *own.values())
         np.testing.assert_allclose(blended[sl], everyone, rtol=0, atol=1e-5,
                                    err_msg=f"blocks_touching misses a block whose weight reaches chunk {cidx}")
-        uniform[sl] = field_chunk(L, cg, None, None, *[same[j] for j in touching])
+        uniform[sl] = field_chunk(L, cg, *[same[j] for j in touching])
     return fgrid, blended, uniform, common, np.stack([r["matrix"][:3, 3] for r in own.values()])
 
 

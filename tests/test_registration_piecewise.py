@@ -99,7 +99,7 @@ def _blend(L, results, fgrid=None):
     filled = {i: fill_block(L, results[i], *[results[j] for j in L.neighbours(i)]) for i in L.indices()}
     lo = np.asarray(fgrid.origin)
     hi = lo + (np.asarray(fgrid.shape) - 1) * np.asarray(fgrid.spacing)
-    return field_chunk(L, fgrid, None, None, *[filled[j] for j in L.blocks_touching(lo, hi)])
+    return field_chunk(L, fgrid, *[filled[j] for j in L.blocks_touching(lo, hi)])
 
 
 def test_blending_is_seamless_and_a_failed_block_is_covered_by_its_neighbours():
@@ -509,8 +509,8 @@ def test_block_fields_kept_in_half_precision_change_the_field_by_under_a_thousan
     assert any(r["field"] is not None and r["field"][0].dtype == np.float16 for r in half)
     layout = block_layout(grid_of(fixed), 32, 0.25)
     g = full.grid
-    f32 = field_chunk(layout, g, None, None, *results)
-    f16 = field_chunk(layout, g, None, None, *half)
+    f32 = field_chunk(layout, g, *results)
+    f16 = field_chunk(layout, g, *half)
     np.testing.assert_allclose(f32, full.values, atol=1e-5)  # the blend above is the field's
     scale = np.abs(f32).max()
     assert scale > 0.5 * min(lazyreg.spacing(fixed))  # a real deformation was found

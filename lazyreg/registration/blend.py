@@ -4,7 +4,10 @@ A block result is a small dict: its ``status`` and, for blocks that aligned, the
 as parameters -- a 4x4 ``matrix`` and optionally a ``field`` (values on a coarse grid, from a
 B-spline step) -- so that the local map is ``L_b(x) = matrix @ (x + v_b(x))`` and its displacement
 ``u_b(x) = L_b(x) - x`` can be evaluated anywhere (``v_b`` is extended beyond its grid by its edge
-values). Blocks without a result (skipped or failed) are *filled* from their aligned neighbours:
+values). A block that started from the coarse stage's field ``c`` holds the crop of it that it
+needs (``coarse``): its map is then ``y + c(y)`` with ``y = L_b(x)``, so every block's
+displacement is relative to the static transforms alone and blocks that kept either start blend
+alike. Blocks without a result (skipped or failed) are *filled* from their aligned neighbours:
 their displacement is a tent-weighted mean of the neighbours' displacements, each *extended at
 constant value* beyond the neighbour's own region (evaluated at the nearest point of that region),
 so the neighbours' ramps take over with no hole and no jump, and a fill never exceeds what a
@@ -21,7 +24,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..images import Grid
-from ..transforms.field import interpolate_field
 from .blocks import BlockLayout
 
 __all__ = ["has_result", "local_displacement", "fill_block", "field_chunk"]
@@ -65,7 +67,8 @@ def has_result(result: dict) -> bool:
 def local_displacement(result: dict, points: np.ndarray) -> np.ndarray:
     """Displacement ``u_b`` of one block result at physical points (N, 3).
 
-    Aligned blocks evaluate their local map; filled blocks interpolate their fill; others are zero.
+    Aligned blocks evaluate their local map (then the coarse field, if they started from it);
+    filled blocks interpolate their fill; others their crop of the coarse field, or zero.
 
     Examples
     --------
@@ -75,16 +78,22 @@ def local_displacement(result: dict, points: np.ndarray) -> np.ndarray:
     >>> local_displacement({"status": "skipped"}, np.zeros((1, 3)))
     array([[0., 0., 0.]])
     """
+    coarse = result.get("coarse")
     if has_result(result):
         y = points
         if result.get("field") is not None:
             values, g = result["field"]
             y = points + _interp_clamped(values, g, points)
         m = result["matrix"]
-        return y @ m[:3, :3].T + m[:3, 3] - points
+        y = y @ m[:3, :3].T + m[:3, 3]
+        if coarse is not None:
+            y = y + _interp_clamped(coarse[0], coarse[1], y)
+        return y - points
     if result.get("fill") is not None:
         values, g = result["fill"]
         return _interp_clamped(values, g, points)
+    if coarse is not None:  # no result of its own and no aligned neighbour: the coarse field
+        return _interp_clamped(coarse[0], coarse[1], points)
     return np.zeros_like(points, dtype=float)
 
 
@@ -172,13 +181,10 @@ def _disagreement(layout: BlockLayout, result: dict, ok: list[dict]) -> str | No
     return None
 
 
-def field_chunk(layout: BlockLayout, chunk: Grid, coarse: np.ndarray | None, coarse_grid: Grid | None, *results: dict) -> np.ndarray:
+def field_chunk(layout: BlockLayout, chunk: Grid, *results: dict) -> np.ndarray:
     """Blend block results over one chunk of the field grid -> (Z, Y, X, 3) float32.
 
-    ``results`` are (filled) results of every block whose weight may reach the chunk. ``coarse``
-    (values on ``coarse_grid``, or None) is a field the blocks were aligned after (the coarse
-    stage, :mod:`lazyreg.registration.coarse`): it is composed in, ``f(x) + coarse(x + f(x))``,
-    interpolated as the blocks' static transforms were (:func:`~lazyreg.transforms.field.interpolate_field`).
+    ``results`` are (filled) results of every block whose weight may reach the chunk.
 
     Examples
     --------
@@ -187,7 +193,7 @@ def field_chunk(layout: BlockLayout, chunk: Grid, coarse: np.ndarray | None, coa
     >>> layout = block_layout(Grid((32, 32, 32), 1.0), blocksize=16, overlap=0.25)
     >>> m = np.eye(4); m[:3, 3] = 1.0
     >>> results = [{"index": i, "status": "ok", "matrix": m} for i in layout.indices()]
-    >>> out = field_chunk(layout, Grid((4, 4, 4), 1.0, origin=(14, 14, 14)), None, None, *results)
+    >>> out = field_chunk(layout, Grid((4, 4, 4), 1.0, origin=(14, 14, 14)), *results)
     >>> out.shape, bool(np.allclose(out, 1.0))
     ((4, 4, 4, 3), True)
     """
@@ -225,7 +231,5 @@ def field_chunk(layout: BlockLayout, chunk: Grid, coarse: np.ndarray | None, coa
             den[sel] += w[sel]
         good = den > 0
         num[good] /= den[good, None]
-        if coarse is not None:
-            num += interpolate_field(coarse, coarse_grid, pts + num)  # as the blocks saw it
         out[z0 : z0 + step] = num.reshape(len(zs), len(yc), len(xc), 3)
     return out

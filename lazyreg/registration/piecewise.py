@@ -95,7 +95,8 @@ def _align_checked_block(task: Any, started: float, fixed: Any, moving: Any, *re
     seconds_inputs = round(time.perf_counter() - started, 3)
     where = f"in block {task.index}"
     _check_finite(fixed, "fixed", where)
-    _check_finite(moving, "moving", where + " (its region resampled through static_transforms)")
+    for m in moving if isinstance(moving, list) else [moving]:
+        _check_finite(m, "moving", where + " (its region resampled through static_transforms)")
     row = align_block(task, fixed, moving, *rest)
     row["seconds_inputs"] = seconds_inputs
     return row
@@ -254,12 +255,13 @@ def align_piecewise(
         True: first register the whole image with a coarse B-spline
         (:mod:`lazyreg.registration.coarse`: control points 4x, 2x, then 1x a quarter of the fixed
         image's shortest side apart, 3 random samples per parameter, on the image read every k-th
-        voxel down to 4 Mi voxels), given to the blocks as the last static transform and composed
-        into the returned field. It constrains blocks near the moving image's edge and blocks with
-        little structure. Known truth: phantom 0.170 -> 0.117 voxel (elastix 0.126), tutorial
-        0.229 -> 0.220; but on the real tutorial pair the blocks after it reach a lower Pearson than
-        the blocks alone (0.875 against 0.881), and it costs a whole-image registration first
-        (tutorial lowres: 15 s), so it is off by default. A dict sets its ``"deform"`` options
+        voxel down to 4 Mi voxels, both in local contrast). Each block runs its first step from the
+        static transforms alone and from them and the coarse field, and goes on from the better
+        (its row's ``start``); the returned field contains the coarse field where blocks kept it.
+        It constrains blocks near the moving image's edge and blocks with little structure.
+        Known truth: phantom 0.179 -> 0.120 voxel (elastix 0.126); real tutorial pair: overlap
+        Pearson 0.8805 -> 0.8810. It costs a whole-image registration first (tutorial lowres:
+        about 10 s) and a second first step per block, so it is off by default. A dict sets its ``"deform"`` options
         (:data:`~lazyreg.registration.coarse.COARSE_OPTIONS`). Left out when
         ``static_transforms`` hold a displacement field, for a single block, or when the image is
         too small for its first level.
@@ -321,22 +323,20 @@ def align_piecewise(
     margin = (np.asarray(layout.pad) + np.asarray(layout.blocksize) / 4) * np.asarray(g_fixed.spacing)
     G = coarse_field(fixed, moving, static, copts if math.prod(layout.nblocks) > 1 else None, margin=margin,
                      fixed_mask=fixed_mask, seed=seed)
-    if G is not None:
-        static = [*static, G]
     token = tokenize(fixed.data, moving.data, g_fixed, grid_of(moving, "moving"),
                      [(c.as_pair(), c.step.func, c.step.fixed_options) for c in calls], layout,
                      [getattr(t, "data", None) for t in static], [getattr(t, "matrix", None) for t in static],
+                     None if G is None else (G.data, G.grid),
                      None if fixed_mask is None else fixed_mask.data, ff, foreground_threshold, fgrid, seed)
     names = {k: f"lazyreg-{k}-{token}" for k in ("block", "fill", "piecewise", "piecewise-report")}
     collections: list = []
-    layer = _block_tasks(names["block"], calls, layout, fixed, moving, static, fixed_mask, ff,
+    layer = _block_tasks(names["block"], calls, layout, fixed, moving, static, G, fixed_mask, ff,
                          foreground_threshold, seed, collections)
     for idx in layout.indices():
         layer[(names["fill"],) + idx] = (
             fill_block, layout, (names["block"],) + idx, *[(names["block"],) + j for j in layout.neighbours(idx)]
         )
     fchunks = _field_chunks(layout, g_fixed, fgrid)
-    coarse_spec = (None, None) if G is None else (_key(G.data, collections), G.grid)
     offsets = [np.concatenate([[0], np.cumsum(c)]) for c in fchunks]
     for cidx in itertools.product(*(range(len(c)) for c in fchunks)):
         lo_i = np.array([offsets[a][cidx[a]] for a in range(3)])
@@ -345,7 +345,7 @@ def align_piecewise(
         lo = np.asarray(cg.origin)
         hi = lo + (np.asarray(shape) - 1) * np.asarray(cg.spacing)
         deps = [(names["fill"],) + j for j in layout.blocks_touching(lo, hi)]
-        layer[(names["piecewise"],) + cidx + (0,)] = (field_chunk, layout, cg, *coarse_spec, *deps)
+        layer[(names["piecewise"],) + cidx + (0,)] = (field_chunk, layout, cg, *deps)
     hlg = HighLevelGraph.from_collections(names["piecewise"], layer, dependencies=collections)
     values = da.Array(hlg, names["piecewise"], chunks=tuple(fchunks) + ((3,),), dtype=np.float32)
     rows = {names["piecewise-report"]: (report_rows, *[(names["fill"],) + i for i in layout.indices()])}
@@ -353,9 +353,12 @@ def align_piecewise(
     return DisplacementField.from_array(values, fgrid.spacing, fgrid.origin, report=report)
 
 
-def _block_tasks(name, calls, layout: BlockLayout, fixed, moving, static, fixed_mask, ff, threshold, seed, collections) -> dict:
-    """One task per block: its inputs (read inside it), the steps, the static transforms' values."""
+def _block_tasks(name, calls, layout: BlockLayout, fixed, moving, static, coarse, fixed_mask, ff, threshold, seed, collections) -> dict:
+    """One task per block: its inputs (read inside it), the steps, the static transforms' values
+    (and with a ``coarse`` field, its values and the moving region read through it as well)."""
     kinds, sargs = _static_args(static)
+    if coarse is not None:
+        kinds, sargs = (*kinds, "coarse"), [*sargs, coarse.data.data]  # its values: one task key
     static_keys = [_key(a, collections) for a in sargs]
     thr = _threshold(fixed, threshold, collections) if fixed_mask is None else 0.0
     # in-memory arrays become one dask array each, so block regions are views, not graph copies
@@ -369,19 +372,21 @@ def _block_tasks(name, calls, layout: BlockLayout, fixed, moving, static, fixed_
         region = layout.region(idx)
         rgrid = layout.region_grid(idx)
         fx = region_array(fixed, region, data=fixed_arr)
-        mv = apply_transform(
-            image(da.zeros(rgrid.shape, dtype=np.uint8, chunks=-1), rgrid.spacing, rgrid.origin), moving, static,
-            chunks=rgrid.shape,
-        ).data
+        target = image(da.zeros(rgrid.shape, dtype=np.uint8, chunks=-1), rgrid.spacing, rgrid.origin)
+        mv = apply_transform(target, moving, static, chunks=rgrid.shape).data
         mk = region_array(fixed_mask, region, data=mask_arr) if mask_arr is not None else None
         # the block's inputs run inside its task, and only when its result is not cached yet: as
         # tasks of their own, they would run each time, and dask.distributed workers would read
         # them ahead of the blocks and hold or spill them
         deps: list = []
         inputs = [single_chunk_recipe(x, deps, collections) for x in (fx, mv, mk)]
+        if coarse is not None:  # the moving region from both starts: without and with the coarse field
+            mvc = apply_transform(target, moving, [*static, coarse], chunks=rgrid.shape).data
+            inputs[1] = [inputs[1], single_chunk_recipe(mvc, deps, collections)]
         task = BlockTask(
             index=idx, region=rgrid, steps=tuple(calls), field_grid=field_step_grid(calls, rgrid), moving_extent=extent,
             static_kinds=kinds, foreground_fraction=ff, seed=int(seed) + 100 * n, has_mask=fixed_mask is not None,
+            coarse_grid=None if coarse is None else coarse.grid,
         )
         refs = []
         for k in [thr, *static_keys]:
