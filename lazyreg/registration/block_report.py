@@ -56,7 +56,9 @@ def block_summary(report: Sequence[Mapping[str, Any]]) -> dict:
         ``steps`` (step name -> ``{"ran": blocks, "kept": blocks, "not_kept": {kind: blocks}}`` and
         its cost: ``seconds_median``, ``seconds_max`` and ``peak_mib``, the largest ``peak_mib``
         of its rows); ``cost``: the same figures over the blocks whose steps ran (``blocks``
-        says how many) plus ``seconds_inputs_median``. Figures missing from the rows are None.
+        says how many) plus ``seconds_inputs_median``; ``starts``: with a coarse stage
+        (``align_piecewise(coarse=True)``), how many blocks went on from each start ("static",
+        "coarse"), else empty. Figures missing from the rows are None.
 
     Examples
     --------
@@ -73,15 +75,20 @@ def block_summary(report: Sequence[Mapping[str, Any]]) -> dict:
     [('skipped', 'foreground …% of the block is low', 2), ('failed', 'match_threshold: … matches', 1)]
     >>> s["cost"]
     {'blocks': 0, 'seconds_median': None, 'seconds_max': None, 'peak_mib': None, 'seconds_inputs_median': None}
+    >>> block_summary([dict(rows[0], start="coarse"), dict(rows[0], start="static"), dict(rows[0], start="coarse")])["starts"]
+    {'coarse': 2, 'static': 1}
     """
     by_status = dict.fromkeys(STATUSES, 0)
     groups: dict[tuple[str, str], dict] = {}
     gains: list[float] = []
     steps: dict[str, dict[str, Any]] = {}
     costs: dict[str | None, list] = {}  # step name (None: the block) -> rows
+    starts: dict[str, int] = {}
     for row in report:
         status = row["status"]
         by_status[status] = by_status.get(status, 0) + 1
+        if row.get("start") is not None:
+            starts[row["start"]] = starts.get(row["start"], 0) + 1
         if row.get("steps"):
             costs.setdefault(None, []).append(row)
         for st in row.get("steps") or ():
@@ -111,6 +118,7 @@ def block_summary(report: Sequence[Mapping[str, Any]]) -> dict:
         "unchanged": by_status.get("unchanged", 0),
         "steps": {name: t | _cost(costs[name]) for name, t in steps.items()},
         "cost": {"blocks": len(costs.get(None, ())), **_cost(costs.get(None, ()), "seconds_inputs")},
+        "starts": dict(sorted(starts.items())),
     }
 
 
@@ -153,6 +161,10 @@ def summary_lines(summary: Mapping[str, Any], *, shown: int = 3) -> list[str]:
     gain = "n/a" if summary["mean_gain"] is None else f"{summary['mean_gain']:+.3f}"
     unchanged = f" (the {u} unchanged block{'s' if u > 1 else ''}: gain 0, not counted)" if u else ""
     lines.append(f"mean block Pearson gain {gain} over the {n} ok block{'s' if n != 1 else ''}{unchanged}")
+    starts = summary.get("starts") or {}
+    if starts:
+        lines.append(f"blocks went on from the coarse field in {starts.get('coarse', 0)}, from the static transforms "
+                     f"in {starts.get('static', 0)} (whichever their first step fitted better)")
     for name, t in summary["steps"].items():
         why = sorted(t.get("not_kept", {}).items(), key=lambda kv: -kv[1])[:2]
         why = "; not kept: " + ", ".join(f"{n} {_shorten(kind, 72)}" for kind, n in why) if why else ""
