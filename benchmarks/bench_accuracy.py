@@ -28,7 +28,8 @@ Registration, per pair (each tool in its own subprocess, so that its peak RSS an
 * ``lazyreg default (blocksize 64)``, tutorial only, with ``--small-blocks``: the same default steps on blocks half as large
   (their B-spline mesh scales with the block, so this halves the control-point spacing).
 * ``lazyreg default, coarse=True``: the same, after the whole-image coarse B-spline
-  (:mod:`lazyreg.registration.coarse`), composed into the field.
+  (:mod:`lazyreg.registration.coarse`); each block goes on from the static transforms or from them
+  and the coarse field, whichever its first step fitted better.
 * ``lazyreg balanced`` / ``lazyreg fast``: ``align_piecewise(..., quality="balanced" | "fast")``
   (the demons alone; the demons at a quarter resolution), same blocksize: the same-run comparison of
   the presets (the default is ``quality="best"``).
