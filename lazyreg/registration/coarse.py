@@ -9,11 +9,12 @@ contrast (:func:`local_contrast`), and each block runs its first step from the s
 alone and from them and the coarse field, and goes on from the better
 (:func:`lazyreg.registration.block_align.align_block`).
 
-Measured (default block steps, after the same global affine): known-truth phantom 0.179 -> 0.120
+Measured (default block steps, after the same global affine): known-truth phantom 0.170 -> 0.120
 voxel mean tissue error (elastix 0.126); real tutorial pair (its overlap as mask) overlap Pearson
 0.8805 for the blocks alone, 0.8810 with the coarse stage (0.875 when every block had to start
 from it). It costs a whole-image registration (tutorial lowres: about 10 s) and a second first
-step per block (phantom, blocksize 64: 73 s against 44 s), so ``align_piecewise`` runs it only
+step per block (tutorial known truth: 98.5 s -> 121 s wall; phantom: 45 -> 42 s in one run, 37.5 ->
+53 s in another), so ``align_piecewise`` runs it only
 when asked (``coarse=True``).
 
 Memory: the stage holds both images at most :data:`COARSE_MAX_VOXELS` voxels each (read with

@@ -259,7 +259,7 @@ def align_piecewise(
         static transforms alone and from them and the coarse field, and goes on from the better
         (its row's ``start``); the returned field contains the coarse field where blocks kept it.
         It constrains blocks near the moving image's edge and blocks with little structure.
-        Known truth: phantom 0.179 -> 0.120 voxel (elastix 0.126); real tutorial pair: overlap
+        Known truth: phantom 0.170 -> 0.120 voxel (elastix 0.126); real tutorial pair: overlap
         Pearson 0.8805 -> 0.8810. It costs a whole-image registration first (tutorial lowres:
         about 10 s) and a second first step per block, so it is off by default. A dict sets its ``"deform"`` options
         (:data:`~lazyreg.registration.coarse.COARSE_OPTIONS`). Left out when
