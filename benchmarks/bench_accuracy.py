@@ -27,7 +27,8 @@ Registration, per pair (each tool in its own subprocess, so that its peak RSS an
   ``[("affine", {}), ("deform", {})]`` (the table says so). Blocksize 128 (phantom: 64).
 * ``lazyreg default (blocksize 64)``, tutorial only, with ``--small-blocks``: the same default steps on blocks half as large
   (their B-spline mesh scales with the block, so this halves the control-point spacing).
-* ``lazyreg default, coarse=True``: the same, after the whole-image coarse B-spline
+* ``lazyreg default, coarse=True``: the same, after the whole-image coarse B-spline (since the sixth
+  session of 2026-12-01 ``align_piecewise``'s default with its default steps: the two rows then agree)
   (:mod:`lazyreg.registration.coarse`); each block goes on from the static transforms or from them
   and the coarse field, whichever its first step fitted better.
 * ``lazyreg balanced`` / ``lazyreg fast``: ``align_piecewise(..., quality="balanced" | "fast")``

@@ -139,3 +139,23 @@ def test_block_tasks_get_the_coarse_field_as_a_task_key_not_as_a_collection(pair
         return False
 
     assert not any(embedded(getattr(t, "args", t)) for t in blocks)
+
+
+def test_on_by_default_with_the_best_steps_only(pair):
+    """``coarse=None`` (the default): the coarse stage with the default ("best") steps, not with the
+    faster presets or steps of one's own; the command line follows the same rule."""
+    from lazyreg.cli.parser import build_parser
+
+    fixed, moving, A, _ = pair
+    kw = dict(blocksize=BLOCKS, static_transforms=[A], **KW)
+
+    def name(*args, **extra):
+        return lazyreg.align_piecewise(fixed, moving, *args, **kw, **extra).data.name
+
+    assert name() == name(coarse=True) == name(quality="best") != name(coarse=False)
+    assert name(quality="fast") == name(quality="fast", coarse=False) != name(quality="fast", coarse=True)
+    assert name(STEPS) == name(STEPS, coarse=False) != name(STEPS, coarse=True)
+    base = ["align-piecewise", "fix.zarr", "mov.zarr", "-o", "out"]
+    assert build_parser().parse_args(base).coarse is None
+    assert build_parser().parse_args(base + ["--no-coarse"]).coarse is False
+    assert build_parser().parse_args(base + ["--coarse"]).coarse is True

@@ -205,9 +205,11 @@ def piecewise_command(args: argparse.Namespace, session: Session) -> None:
     from ..io.omezarr import output_format
     from ..io.transform_files import load_transform, save_field_zarr
     from ..progress import PeakMemory
-    from ..registration.piecewise import align_piecewise, quality_steps
+    from ..registration.piecewise import align_piecewise, default_coarse, quality_steps
 
     steps = list(quality_steps(args.quality, None if args.steps is None else read_steps(args.steps)))
+    if args.coarse is None:  # as align_piecewise decides it from quality and steps (resolved above)
+        args.coarse = default_coarse(args.quality, args.steps)
     fixed = open_input(args.fixed, "fixed", spacing=image_spacing(args, "fixed"))
     moving = open_input(args.moving, "moving", spacing=image_spacing(args, "moving"))
     session.data_bytes = fixed.nbytes + moving.nbytes

@@ -349,8 +349,9 @@ def _add_align_piecewise(sub: Any, parents: list) -> None:
                    help="block steps by measured quality/time trade-off, instead of --steps: best (default; local affine, "
                    "B-spline, then demons), balanced (B-spline, then fast demons; 1.4x faster), fast (fast demons alone; 4x faster)")
     w.add_argument("--blocksize", type=ints, default=128, metavar="N|Z,Y,X", help="block core size in fixed voxels (default 128)")
-    w.add_argument("--coarse", action="store_true", help="first a whole-image coarse B-spline, composed into the field "
-                   "(helps blocks near the moving image's edge; off by default: see align_piecewise's coarse)")
+    w.add_argument("--coarse", action=argparse.BooleanOptionalAction, default=None,
+                   help="first a whole-image coarse B-spline that each block may start from (default: with --quality "
+                   "best, not with the faster presets or --steps; see align_piecewise's coarse)")
     w.add_argument("--overlap", type=float, default=0.25, help="padding on each side of a block, as a fraction of the block size, in [0, 1) (default 0.25)")
     w.add_argument(
         "--static",

@@ -14,8 +14,8 @@ voxel mean tissue error (elastix 0.126); real tutorial pair (its overlap as mask
 0.8805 for the blocks alone, 0.8810 with the coarse stage (0.875 when every block had to start
 from it). It costs a whole-image registration (tutorial lowres: about 10 s) and a second first
 step per block (tutorial known truth: 98.5 s -> 121 s wall; phantom: 45 -> 42 s in one run, 37.5 ->
-53 s in another), so ``align_piecewise`` runs it only
-when asked (``coarse=True``).
+53 s in another), so ``align_piecewise`` runs it by default with its default ("best") steps
+only, not with the faster presets or steps of one's own (``coarse=True`` / ``False`` decide).
 
 Memory: the stage holds both images at most :data:`COARSE_MAX_VOXELS` voxels each (read with
 a whole stride per axis when larger), plus SimpleITK's pyramid of them: on the 131 M-voxel

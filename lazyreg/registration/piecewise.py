@@ -48,7 +48,7 @@ from .blocks import BlockLayout, block_layout
 from .inputs import sample_recipe, single_chunk_recipe
 from .steps import field_step_grid, parse_steps
 
-__all__ = ["align_piecewise", "DEFAULT_STEPS", "DEFAULT_QUALITY", "QUALITIES", "quality_steps"]
+__all__ = ["align_piecewise", "DEFAULT_STEPS", "DEFAULT_QUALITY", "QUALITIES", "quality_steps", "default_coarse"]
 
 #: Block steps by ``quality``, chosen by measurement (docs/from-bigstream.md, "Choosing a
 #: deformable step"; tutorial known truth, blocksize 128, 2 cores: mean error in voxels, wall s;
@@ -173,6 +173,18 @@ def quality_steps(quality: str | None = None, steps: Any = None) -> tuple:
     return QUALITIES[check_choice(quality, list(QUALITIES), "quality")]
 
 
+def default_coarse(quality: str | None = None, steps: Any = None) -> bool:
+    """Whether ``align_piecewise(coarse=None)`` runs the coarse stage: with the default steps
+    (``quality`` None or "best"), not with the faster presets or steps of your own.
+
+    Examples
+    --------
+    >>> default_coarse(), default_coarse("best"), default_coarse("fast"), default_coarse(steps="demons")
+    (True, True, False, False)
+    """
+    return steps is None and quality in (None, DEFAULT_QUALITY)
+
+
 def _key(x: Any, collections: list) -> Any:
     """The key of a one-chunk dask array (noted in ``collections``), or the value itself."""
     if isinstance(x, da.Array):
@@ -196,7 +208,7 @@ def align_piecewise(
     field_spacing: float | Sequence[float] | None = None,
     seed: int = 0,
     quality: str | None = None,
-    coarse: bool | Mapping[str, Any] = False,
+    coarse: bool | Mapping[str, Any] | None = None,
 ) -> DisplacementField:
     """Align overlapping blocks of ``fixed`` to ``moving`` and blend them into one lazy field.
 
@@ -251,7 +263,9 @@ def align_piecewise(
         "best" 0.23 voxel mean error in 88 s, "balanced" (B-spline, then fast demons) 0.26 in
         62 s, "fast" (fast demons alone) 0.36 in 22 s; whole-volume SimpleITK B-spline 0.31,
         elastix 0.37, ANTs SyN 0.76.
-    coarse : bool or dict
+    coarse : bool, dict or None
+        None (default): True with the default steps (``quality="best"``), False with
+        ``quality="balanced" | "fast"`` or ``steps`` of your own.
         True: first register the whole image with a coarse B-spline
         (:mod:`lazyreg.registration.coarse`: control points 4x, 2x, then 1x a quarter of the fixed
         image's shortest side apart, 3 random samples per parameter, on the image read every k-th
@@ -259,9 +273,11 @@ def align_piecewise(
         static transforms alone and from them and the coarse field, and goes on from the better
         (its row's ``start``); the returned field contains the coarse field where blocks kept it.
         It constrains blocks near the moving image's edge and blocks with little structure.
-        Known truth: phantom 0.170 -> 0.120 voxel (elastix 0.126); real tutorial pair: overlap
-        Pearson 0.8805 -> 0.8810. It costs a whole-image registration first (tutorial lowres:
-        about 10 s) and a second first step per block, so it is off by default. A dict sets its ``"deform"`` options
+        Known truth ("best" steps): phantom 0.170 -> 0.120 voxel (elastix 0.126), tutorial 0.229
+        -> 0.226; real tutorial pair: overlap Pearson 0.8805 -> 0.8810. It costs a whole-image
+        registration first (tutorial lowres: about 10 s) and a second first step per block
+        (tutorial known truth: +23 % wall), hence not with the faster presets. False: the blocks
+        alone. A dict sets its ``"deform"`` options
         (:data:`~lazyreg.registration.coarse.COARSE_OPTIONS`). Left out when
         ``static_transforms`` hold a displacement field, for a single block, or when the image is
         too small for its first level.
@@ -317,7 +333,7 @@ def align_piecewise(
         foreground_threshold = check_number(foreground_threshold, "foreground_threshold")
     seed = check_seed(seed)
     fgrid = _field_grid(g_fixed, field_spacing)
-    copts = coarse_options(coarse)
+    copts = coarse_options(default_coarse(quality, steps) if coarse is None else coarse)
     # block regions stop at the fixed image, but field nodes past its last voxel and the points the
     # blocks' fields move reach beyond it: a generous margin, the blocks' padding plus a quarter block
     margin = (np.asarray(layout.pad) + np.asarray(layout.blocksize) / 4) * np.asarray(g_fixed.spacing)
