@@ -237,9 +237,9 @@ def _aligned_block(task: BlockTask, fixed: np.ndarray, moving: Any, mask: Any, t
     run = _StepRunner(task, fixed_f, moving_f, fm, mm, compare)
     first = 0
     if len(starts) > 1 and task.steps:
-        run = _better_start(
-            [run, _StepRunner(task, fixed_f, np.asarray(starts[1], dtype=np.float32), fm, mm, compare)], task.steps[0], compare
-        )
+        from_coarse = _StepRunner(task, fixed_f, np.asarray(starts[1], dtype=np.float32), fm, mm, compare)
+        from_coarse.coarse_start = True
+        run = _better_start([run, from_coarse], task.steps[0], compare)
         first = 1
         row["start"] = "coarse" if run.coarse_start else "static"
         if run.coarse_start:
@@ -357,9 +357,7 @@ def _better_start(runs: list, call: Any, compare: np.ndarray | None) -> "_StepRu
     if compare is not None:
         valid &= compare
     score = [pearson_arrays(runs[0].fixed, np.nan_to_num(r.current), valid) for r in runs]
-    best = 1 if score[1] > score[0] else 0  # NaN compares False: the static start
-    runs[1].coarse_start = True
-    return runs[best]
+    return runs[1] if score[1] > score[0] else runs[0]  # NaN compares False: the static start
 
 
 class _StepRunner:
