@@ -1,7 +1,8 @@
-"""Known-truth accuracy benchmark (issues 13 and 17): lazyreg against SimpleITK, ANTs and elastix.
+"""Accuracy benchmark (issues 13 and 17): lazyreg against SimpleITK, ANTs and elastix, same start, same run.
 
 Two pairs whose true transform is known exactly, registered back by every tool from the same
-starting affine, scored against the truth:
+starting affine, scored against the truth, and the real tutorial pair itself, scored by image
+similarity:
 
 * ``tutorial``: the real tutorial fixed image (``fix.n5``, group ``lowres``, 149 x 241 x 456 voxels
   of 1.68 x 1.84 x 1.84 um) warped by a known affine (3, -2, 2.5 degrees about z, y, x; scales 1.03,
@@ -17,33 +18,38 @@ starting affine, scored against the truth:
   sides; :func:`~lazyreg.data.default_affine`, 8/-5/6 degrees and 5 % scale, after
   :func:`~lazyreg.data.smooth_displacement` of amplitude 4 um), 80 x 192 x 192 voxels of 2 x 1 x 1
   um, noise 0.02; the same convention (its fixed image is the warped one).
+* ``real``: the tutorial pair as it is (``fix.n5`` and ``mov.n5``, group ``lowres``; moving has 144
+  z planes to fixed's 149): no truth, so no TRE; scored by issue 17's measures (below).
 
 Registration, per pair (each tool in its own subprocess, so that its peak RSS and CPU time are its own):
 
 * ``lazyreg global``: ``align(fixed, moving, [("ransac", {"blob_sizes": ...}), ("affine", {})])``:
   the starting affine ``A`` of every tool below.
 * ``lazyreg default``: ``align_piecewise(fixed, moving, blocksize=..., static_transforms=[A])`` with
-  its default steps (``lazyreg.registration.piecewise.DEFAULT_STEPS``); if ``steps`` had no default,
-  ``[("affine", {}), ("deform", {})]`` (the table says so). Blocksize 128 (phantom: 64).
-* ``lazyreg default (blocksize 64)``, tutorial only, with ``--small-blocks``: the same default steps on blocks half as large
-  (their B-spline mesh scales with the block, so this halves the control-point spacing).
-* ``lazyreg default, coarse=True``: the same, after the whole-image coarse B-spline (since the sixth
-  session of 2026-12-01 ``align_piecewise``'s default with its default steps: the two rows then agree)
-  (:mod:`lazyreg.registration.coarse`); each block goes on from the static transforms or from them
-  and the coarse field, whichever its first step fitted better.
+  its default options (``quality="best"``: ``lazyreg.registration.piecewise.DEFAULT_STEPS``, and the
+  whole-image coarse B-spline first, :mod:`lazyreg.registration.coarse`, each block going on from the
+  static transforms or from them and the coarse field, whichever its first step fitted better).
+  Blocksize 128 (phantom: 64).
+* ``lazyreg default (blocksize 64)``, tutorial pairs only, with ``--small-blocks``: the same on blocks
+  half as large.
+* ``lazyreg default steps, coarse=False``: the blocks alone (the default until the sixth session of
+  2026-12-01).
 * ``lazyreg balanced`` / ``lazyreg fast``: ``align_piecewise(..., quality="balanced" | "fast")``
   (the demons alone; the demons at a quarter resolution), same blocksize: the same-run comparison of
   the presets (the default is ``quality="best"``).
 * ``lazyreg bspline`` (``--former``): the default steps before demons (2026-11: an affine, then a
   B-spline with 3 mesh intervals across the block's region on 20 000 samples), same blocksize.
 * ``lazyreg bigstream``: bigstream's tutorial steps (ransac + deform, control points every 128 um,
-  10 iterations) at blocksize 128 (phantom: 64), as ``bench_piecewise.py``.
+  10 iterations) at blocksize 128 (phantom: 64), as ``bench_piecewise.py``; with ``--small-blocks``
+  also at blocksize 64 on the tutorial pairs (README snippet 2's settings when issue 13 was filed).
 * ``sitk bspline``: SimpleITK's ``ImageRegistrationMethod`` on the whole volume in memory, written
   here: cubic B-spline with control points every 50 um, correlation metric, LBFGSB (30 iterations
   per level), 3 levels (shrink 4, 2, 1; random samples 5, 1, 0.25 %), ``A`` as the moving initial
   transform.
 * ``ants SyN`` (antspyx, when importable): ``ants.registration(type_of_transform="SyN")`` with its
-  default settings (its own affine stage, then SyN, Mattes MI) and ``A`` as the initial transform.
+  default settings (its own affine stage, then SyN 40/20/0, Mattes MI) and ``A`` as the initial
+  transform; with ``--ants-full`` also SyN 40/20/10 (full resolution too; issue 17's best ANTs row),
+  tutorial pairs only.
 * ``elastix bspline`` (itk-elastix, when importable): elastix's default B-spline parameter map
   (Mattes MI, adaptive stochastic gradient descent) with 3 resolutions and a 20 um final grid, ``A``
   as the initial transform (``--quick``: 64 iterations per resolution instead of 256).
@@ -59,14 +65,19 @@ Scores, per pair and tool: target registration error against the truth (um and f
 95th percentile, max) over detected fixed blobs (:func:`lazyreg.registration.blobs.detect_blobs`)
 and over a lattice of points inside the tissue (fixed, Gaussian-smoothed by 2 voxels, above its 1st
 percentile + 5 % of the 1st-99th range); Pearson correlation of fixed with moving resampled through
-the estimate, over the whole grid and over the tissue; Jacobian determinant of ``D`` (min, max,
-folded fraction); wall seconds, CPU seconds and peak RSS of the registration; for lazyreg's
-piecewise configurations, block outcomes and blocks whose own TRE got worse than the affine's.
+the estimate, over the whole grid, over the fixed tissue, and over voxels where both images are
+tissue (the resampled moving smoothed the same way, above moving's own level: outside moving's
+field of view is not tissue); the Dice of the two tissue masks, and of the two images' bright
+structures (each smoothed image above its own Otsu threshold: the tutorial tissue fills ~94 % of the
+view, so its tissue Dice mostly measures field-of-view overlap); Jacobian determinant of ``D`` (min,
+max, folded fraction); wall seconds, CPU seconds and peak RSS of the registration; for lazyreg's
+piecewise configurations, block outcomes and starts, and (known truth) blocks whose own TRE got
+worse than the affine's.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_accuracy.py            # both pairs, all tools (~12 min on 2 idle cores)
-    .venv/bin/python benchmarks/bench_accuracy.py --small-blocks   # + default steps at blocksize 64 (~22 min)
+    .venv/bin/python benchmarks/bench_accuracy.py            # three pairs, all tools (~25 min on 2 idle cores)
+    .venv/bin/python benchmarks/bench_accuracy.py --small-blocks --ants-full   # + blocksize 64, ANTs 40/20/10
     .venv/bin/python benchmarks/bench_accuracy.py --quick    # small crops (~2-3 min)
     .venv/bin/python benchmarks/bench_accuracy.py --tools lazyreg,sitk --pairs tutorial --data PATH --out FILE
 
@@ -112,14 +123,13 @@ PHANTOM_SHAPE, PHANTOM_SHAPE_QUICK = (80, 192, 192), (32, 64, 64)
 PHANTOM_SPACING = (2.0, 1.0, 1.0)
 PHANTOM_AMPLITUDE = 4.0
 TUTORIAL_CROP_QUICK = (slice(50, 98), slice(72, 168), slice(180, 276))  # 48 x 96 x 96
-BLOB_SIZES = {"tutorial": [6, 20], "phantom": [2, 8]}
-BLOCKSIZE = {"tutorial": 128, "phantom": 64}
-BLOCKSIZE_QUICK = {"tutorial": 48, "phantom": 32}
+BLOB_SIZES = {"tutorial": [6, 20], "phantom": [2, 8], "real": [6, 20]}
+BLOCKSIZE = {"tutorial": 128, "phantom": 64, "real": 128}
+BLOCKSIZE_QUICK = {"tutorial": 48, "phantom": 32, "real": 48}
 #: align_piecewise's foreground_fraction: the default (0.5) on the tutorial; the phantom's tissue is
 #: sparse (30 % of the volume), and with 0.5 every one of its blocks is skipped (no field at all)
-FOREGROUND_FRACTION = {"tutorial": None, "phantom": 0.1}
-LATTICE_STEP = {"tutorial": 4, "phantom": 2}
-FALLBACK_STEPS = [("affine", {}), ("deform", {})]
+FOREGROUND_FRACTION = {"tutorial": None, "phantom": 0.1, "real": None}
+LATTICE_STEP = {"tutorial": 4, "phantom": 2, "real": 4}
 #: align_piecewise's default steps until 2026-12 (issue 13), kept as a same-run comparison
 BSPLINE_STEPS = [
     ("affine", {"shrink_factors": (2, 1)}),
@@ -140,8 +150,9 @@ SITK = {
 ELASTIX = {"map": "bspline", "resolutions": 3, "final_grid_spacing_um": 20.0}
 ELASTIX_QUICK_ITERATIONS = 64  # --quick only (the map's default is 256 per resolution)
 ANTS = {"type_of_transform": "SyN", "note": "antspyx defaults: affine stage (2100/1200/1200/10 at shrink 6/4/2/1) then SyN (40/20/0), Mattes"}
+ANTS_FULL_ITERATIONS = (40, 20, 10)  # --ants-full: SyN at full resolution too (issue 17's best ANTs row)
 TOOLS = ("lazyreg", "sitk", "ants", "elastix")
-PAIRS = ("tutorial", "phantom")
+PAIRS = ("tutorial", "phantom", "real")
 CHECK_POINTS_TOL_VOXELS = 0.05  # field vs the tool's own point mapping
 CHECK_KNOWN_TOL_UM = 1e-3  # the initial affine alone through a tool's conversion path
 CHECK_IMAGE_MIN_PEARSON = 0.999  # the tool's own resampled image vs lazyreg's through [A, D]
@@ -310,6 +321,40 @@ def phantom_pair(quick: bool) -> dict:
     }
 
 
+def real_pair(data: Path, quick: bool) -> dict:
+    """The tutorial pair itself (``fix.n5`` / ``mov.n5``, group ``lowres``): no truth, scored by
+    image similarity (issue 17's measures) only."""
+    import lazyreg
+
+    fix = lazyreg.open_image(data / "fix.n5", group="lowres")
+    mov = lazyreg.open_image(data / "mov.n5", group="lowres")
+    if quick:
+        crop = dict(zip("zyx", TUTORIAL_CROP_QUICK))
+        fix, mov = fix.isel(**crop), mov.isel(**crop)
+    fix, mov = fix.compute(), mov.compute()
+    for name, im in (("moving", mov),):
+        if not (np.allclose(lazyreg.spacing(im), lazyreg.spacing(fix)) and np.allclose(lazyreg.origin(im), lazyreg.origin(fix))):
+            raise SystemExit(f"real pair: the {name} image's spacing/origin differ from fixed's; the workers assume one")
+    return {
+        "fixed": fix.values,
+        "moving": mov.values,
+        "spacing": tuple(float(s) for s in lazyreg.spacing(fix)),
+        "origin": tuple(float(o) for o in lazyreg.origin(fix)),
+        "truth": None,
+        "description": {
+            "source": f"{data / 'fix.n5'}:lowres and {data / 'mov.n5'}:lowres"
+            + (f" crop {[(s.start, s.stop) for s in TUTORIAL_CROP_QUICK]}" if quick else ""),
+            "fixed_shape": list(fix.shape),
+            "moving_shape": list(mov.shape),
+            "truth": "none: scored by Pearson (all, fixed tissue, both tissue) and the Dice of the tissue masks",
+        },
+    }
+
+
+PAIR_BUILDERS = {"tutorial": lambda a: tutorial_pair(a.data, a.quick), "phantom": lambda a: phantom_pair(a.quick),
+                 "real": lambda a: real_pair(a.data, a.quick)}
+
+
 # ------------------------------------------------------------------------------------------ workers
 # Each runs in its own process: loads the pair (npy), runs one tool, writes D (npy) and a JSON record.
 
@@ -391,29 +436,23 @@ def worker_lazyreg(work: Path, spec: dict) -> dict:
 
     meta, fixed, moving = _load_pair(work)
     A = lazyreg.Affine(np.load(work / "A.npy"))
-    bs = tuple(min(spec["blocksize"] // (2 if spec["config"] == "default-half" else 1), n) for n in fixed.shape)
+    half = spec["config"].endswith("-half")
+    bs = tuple(min(spec["blocksize"] // (2 if half else 1), n) for n in fixed.shape)
     ff = FOREGROUND_FRACTION[spec["pair"]]
     kw = {"blocksize": bs, "static_transforms": [A], **({} if ff is None else {"foreground_fraction": ff})}
     rec: dict = {"rss_before_bytes": C.current_rss(), "foreground_fraction": ff or "default"}
     with C.timer(rec):
         if spec["config"] in ("default", "default-half"):
-            try:
-                field = lazyreg.align_piecewise(fixed, moving, **kw)
-                rec["steps"] = "align_piecewise default steps"
-            except TypeError as e:
-                if "steps" not in str(e):
-                    raise
-                field = lazyreg.align_piecewise(fixed, moving, FALLBACK_STEPS, **kw)
-                rec["steps"] = FALLBACK_STEPS
-                rec["steps_note"] = f"fallback: calling align_piecewise without steps failed ({e})"
+            field = lazyreg.align_piecewise(fixed, moving, **kw)
+            rec["steps"] = "align_piecewise default steps"
         elif spec["config"] in ("balanced", "fast"):
             field = lazyreg.align_piecewise(fixed, moving, quality=spec["config"], **kw)
             rec["steps"] = f"quality={spec['config']}"
-        elif spec["config"] == "coarse":
-            field = lazyreg.align_piecewise(fixed, moving, coarse=True, **kw)
-            rec["steps"] = "align_piecewise default steps, coarse=True"
+        elif spec["config"] == "nocoarse":
+            field = lazyreg.align_piecewise(fixed, moving, coarse=False, **kw)
+            rec["steps"] = "align_piecewise default steps, coarse=False"
         else:
-            rec["steps"] = BSPLINE_STEPS if spec["config"] == "bspline" else bigstream_steps(spec["pair"])
+            rec["steps"] = BSPLINE_STEPS if spec["config"] == "bspline" else bigstream_steps(spec["pair"])  # bigstream[-half]
             field = lazyreg.align_piecewise(fixed, moving, rec["steps"], **kw)
         # the block cores in fixed voxels (the field's own chunks are on its grid, every 2nd voxel)
         rec["chunks"] = [[b] * (n // b) + ([n % b] if n % b else []) for b, n in zip(bs, fixed.shape)]
@@ -506,10 +545,11 @@ def worker_ants(work: Path, spec: dict) -> dict:
     init = str(tmp / "initial.mat")
     ants.write_transform(tx, init)
     ants.config._random_seed = SEED  # passed as --random-seed (ants.set_ants_deterministic would force 1 thread)
-    rec: dict = {"settings": ANTS, "rss_before_bytes": C.current_rss(), "version": metadata.version("antspyx")}
+    kw = {"reg_iterations": ANTS_FULL_ITERATIONS} if spec.get("config") == "full" else {}
+    rec: dict = {"settings": {**ANTS, **kw}, "rss_before_bytes": C.current_rss(), "version": metadata.version("antspyx")}
     with C.timer(rec):
         reg = ants.registration(F, M, type_of_transform=ANTS["type_of_transform"], initial_transform=[init],
-                                outprefix=str(tmp / "reg_"))
+                                outprefix=str(tmp / "reg_"), **kw)
     rec["peak_rss_bytes"] = peak_rss()
     rec["fwdtransforms"] = [Path(p).name for p in reg["fwdtransforms"]]
 
@@ -637,6 +677,28 @@ def spawn(spec: dict, timeout: float) -> tuple[dict | None, str | None]:
 # ------------------------------------------------------------------------------------------ scoring
 
 
+def tissue_level(values: np.ndarray) -> float:
+    """The tissue threshold of an image (applied after a Gaussian of FOREGROUND_SIGMA voxels): its 1st
+    percentile + FOREGROUND_LEVEL of the 1st-99th percentile range, as ``align_piecewise``'s foreground."""
+    from lazyreg.registration.block_align import FOREGROUND_LEVEL
+
+    p1, p99 = np.percentile(np.asarray(values, dtype=np.float32)[::2, ::2, ::2], [1, 99])
+    return float(p1 + FOREGROUND_LEVEL * (p99 - p1))
+
+
+def bright_level(values: np.ndarray) -> float:
+    """Otsu's threshold of an image smoothed by FOREGROUND_SIGMA voxels (on every 2nd voxel): its
+    bright structures, whose overlap (Dice) tells alignment apart where the tissue fills the view.
+    Meaningful on the real pair only: the known-truth pairs' fixed image is a warped one whose empty
+    margins become Otsu's dark class there (their TRE is the measure)."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    from lazyreg.registration.block_align import FOREGROUND_SIGMA
+
+    return float(threshold_otsu(ndi.gaussian_filter(np.asarray(values, dtype=np.float32), FOREGROUND_SIGMA)[::2, ::2, ::2]))
+
+
 def _summary(d: np.ndarray) -> dict:
     d = np.asarray(d, dtype=float)
     if d.size == 0:
@@ -650,7 +712,7 @@ class Scorer:
     def __init__(self, name: str, pair: dict) -> None:
         import lazyreg
         from lazyreg.registration.blobs import detect_blobs
-        from lazyreg.registration.block_align import FOREGROUND_LEVEL, FOREGROUND_SIGMA
+        from lazyreg.registration.block_align import FOREGROUND_SIGMA
         from scipy import ndimage as ndi
 
         self.name = name
@@ -660,9 +722,12 @@ class Scorer:
         self.grid = lazyreg.Grid(self.fixed.shape, self.sp, self.org)
         self.truth = pair["truth"]
         v = pair["fixed"].astype(np.float32)
-        p1, p99 = np.percentile(v[::2, ::2, ::2], [1, 99])
-        self.tissue = ndi.gaussian_filter(v, FOREGROUND_SIGMA) > p1 + FOREGROUND_LEVEL * (p99 - p1)
+        self.tissue = ndi.gaussian_filter(v, FOREGROUND_SIGMA) > tissue_level(v)
         self.tissue_img = self.fixed.copy(data=self.tissue)
+        self.moving_level = tissue_level(pair["moving"])
+        # bright structures (cells, nuclei): each image's Otsu threshold after the same smoothing
+        self.bright = ndi.gaussian_filter(v, FOREGROUND_SIGMA) > bright_level(v)
+        self.moving_bright_level = bright_level(pair["moving"])
         self.step = LATTICE_STEP[name]
         axes = [np.arange(0, s, self.step) for s in self.grid.shape]
         idx = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)  # as metrics.transform_error
@@ -670,7 +735,7 @@ class Scorer:
         self.lattice_in = self.tissue[tuple(idx.T)]
         blobs = detect_blobs(v, self.sp, blob_sizes=tuple(BLOB_SIZES[name]), nspots=2000, mask=self.tissue)
         self.blob_pts = self.grid.to_physical(blobs[:, :3])
-        self.truth_blob = lazyreg.transform_points(self.blob_pts, self.truth)
+        self.truth_blob = None if self.truth is None else lazyreg.transform_points(self.blob_pts, self.truth)
         self.info = {
             "shape": list(self.grid.shape),
             "voxels": int(np.prod(self.grid.shape)),
@@ -687,19 +752,31 @@ class Scorer:
         import lazyreg
         from lazyreg.metrics import pearson, transform_error
 
+        from scipy import ndimage as ndi
+
+        from lazyreg.registration.block_align import FOREGROUND_SIGMA
+
         out: dict = {}
         sp = np.asarray(self.sp)
-        for units, key in (("physical", "um"), ("voxels", "vox")):
-            e = transform_error(est, self.truth, self.grid, step=self.step, units=units)
-            out[f"tre_tissue_{key}"] = _summary(e[self.lattice_in])
-            if units == "voxels":
-                self._lattice_err_vox = e
-        diff = lazyreg.transform_points(self.blob_pts, est) - self.truth_blob
-        out["tre_blobs_um"] = _summary(np.linalg.norm(diff, axis=1))
-        out["tre_blobs_vox"] = _summary(np.linalg.norm(diff / sp, axis=1))
-        res = lazyreg.apply_transform(self.fixed, self.moving, est)
+        if self.truth is not None:
+            for units, key in (("physical", "um"), ("voxels", "vox")):
+                e = transform_error(est, self.truth, self.grid, step=self.step, units=units)
+                out[f"tre_tissue_{key}"] = _summary(e[self.lattice_in])
+                if units == "voxels":
+                    self._lattice_err_vox = e
+            diff = lazyreg.transform_points(self.blob_pts, est) - self.truth_blob
+            out["tre_blobs_um"] = _summary(np.linalg.norm(diff, axis=1))
+            out["tre_blobs_vox"] = _summary(np.linalg.norm(diff / sp, axis=1))
+        res = lazyreg.apply_transform(self.fixed, self.moving.astype(np.float32), est).compute()
         out["pearson_all"] = pearson(self.fixed, res)
         out["pearson_tissue"] = pearson(self.fixed, res, self.tissue_img)
+        # issue 17's measures: Pearson where both images are tissue, Dice of the two tissue masks
+        moved_tissue = ndi.gaussian_filter(res.values, FOREGROUND_SIGMA) > self.moving_level
+        both = self.tissue & moved_tissue
+        out["pearson_both_tissue"] = pearson(self.fixed, res, self.fixed.copy(data=both))
+        out["dice_tissue"] = float(2 * both.sum() / (self.tissue.sum() + moved_tissue.sum()))
+        moved_bright = ndi.gaussian_filter(res.values, FOREGROUND_SIGMA) > self.moving_bright_level
+        out["dice_bright"] = float(2 * (self.bright & moved_bright).sum() / (self.bright.sum() + moved_bright.sum()))
         if D is not None:
             chunked = lazyreg.DisplacementField.from_array(da.from_array(D.values, chunks=(64, 64, 64, 3)),
                                                            D.grid.spacing, D.grid.origin)
@@ -750,12 +827,13 @@ def _fmt_row(pair: str, r: dict) -> list:
     jac = None if s.get("jacobian_min") is None else f"{s['jacobian_min']:.2f}..{s['jacobian_max']:.2f}"
     fold = None if s.get("folded_fraction") is None else f"{100 * s['folded_fraction']:.3f}%"
     return [pair, r["label"], t.get("mean"), t.get("p95"), t.get("max"), tv.get("mean"), tv.get("p95"), b.get("mean"),
-            b.get("p95"), b.get("max"), bv.get("mean"), s.get("pearson_all"), s.get("pearson_tissue"), jac, fold,
+            b.get("p95"), b.get("max"), bv.get("mean"), s.get("pearson_all"), s.get("pearson_tissue"),
+            s.get("pearson_both_tissue"), s.get("dice_tissue"), s.get("dice_bright"), jac, fold,
             r.get("seconds"), r.get("cpu_seconds"), C.gib(r.get("peak_rss_bytes")), r.get("note") or ""]
 
 
 HEADER = ["pair", "tool / config", "TRE tis um mean", "p95", "max", "vox mean", "vox p95", "TRE blobs um mean", "p95",
-          "max", "vox mean", "r all", "r tissue", "Jacobian", "folded", "wall s", "CPU s", "peak GiB", "note"]
+          "max", "vox mean", "r all", "r tissue", "r both", "Dice", "Dice bright", "Jacobian", "folded", "wall s", "CPU s", "peak GiB", "note"]
 
 
 def main() -> int:
@@ -768,6 +846,8 @@ def main() -> int:
     ap.add_argument("--small-blocks", action="store_true",
                     help="also the default steps at half the blocksize on the tutorial (64: 96 blocks, ~10 min more)")
     ap.add_argument("--former", action="store_true", help="also the block steps of 2026-11 (affine + B-spline)")
+    ap.add_argument("--ants-full", action="store_true",
+                    help=f"also ANTs SyN with iterations {ANTS_FULL_ITERATIONS} (full resolution too) on the tutorial pairs")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -811,7 +891,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="lazyreg-bench-accuracy-") as tmp:
         for pname in pairs:
             tp = time.perf_counter()
-            pair = tutorial_pair(args.data, args.quick) if pname == "tutorial" else phantom_pair(args.quick)
+            pair = PAIR_BUILDERS[pname](args)
             work = Path(tmp) / pname
             work.mkdir()
             np.save(work / "fixed.npy", pair["fixed"])
@@ -819,14 +899,15 @@ def main() -> int:
             (work / "pair.json").write_text(json.dumps({"spacing": pair["spacing"], "origin": pair["origin"]}))
             sc = Scorer(pname, pair)
             info = {**pair["description"], **sc.info, "seconds_to_build": round(time.perf_counter() - tp, 1)}
-            D_true = pair["truth"][1]
-            det_true = np.asarray(lazyreg.jacobian_determinant(D_true).values)
-            info["truth_field_jacobian"] = [float(det_true.min()), float(det_true.max())]
+            known = pair["truth"] is not None
+            if known:
+                det_true = np.asarray(lazyreg.jacobian_determinant(pair["truth"][1]).values)
+                info["truth_field_jacobian"] = [float(det_true.min()), float(det_true.max())]
             record["pairs"][pname] = info
             print(f"\n[{pname}] {info['shape']} voxels {info['voxels']:,}, tissue {info['tissue_fraction']:.0%}, "
-                  f"{info['blobs']} blobs, {info['lattice_points_in_tissue']:,} lattice points in tissue; truth field "
-                  f"max {info['truth_field']['max_norm_um']:.2f} um, Jacobian {det_true.min():.2f}..{det_true.max():.2f}",
-                  flush=True)
+                  + (f"{info['blobs']} blobs, {info['lattice_points_in_tissue']:,} lattice points in tissue; truth field "
+                     f"max {info['truth_field']['max_norm_um']:.2f} um, Jacobian {det_true.min():.2f}..{det_true.max():.2f}"
+                     if known else "no truth: image measures only"), flush=True)
 
             def add(label: str, tool: str, est=None, D=None, rec=None, note=None, extra=None) -> dict:
                 row = {"pair": pname, "label": label, "tool": tool, "note": note}
@@ -842,16 +923,19 @@ def main() -> int:
                 sc_ = row.get("scores") or {}
                 tre = (sc_.get("tre_tissue_vox") or {}).get("mean")
                 print(f"  {label:<52} TRE tissue {'-' if tre is None else f'{tre:.3f}'} vox, Pearson tissue "
-                      f"{sc_.get('pearson_tissue', float('nan')):.4f}, {row.get('seconds') or 0:.1f} s  {note or ''}", flush=True)
+                      f"{sc_.get('pearson_tissue', float('nan')):.4f}, both tissue {sc_.get('pearson_both_tissue', float('nan')):.4f}, "
+                      f"Dice {sc_.get('dice_tissue', float('nan')):.4f} / bright {sc_.get('dice_bright', float('nan')):.4f}, {row.get('seconds') or 0:.1f} s  {note or ''}", flush=True)
                 return row
 
             # references: the truth (noise-limited Pearson, its own Jacobian) and no registration
-            truth_row = add("truth (reference)", "truth", est=pair["truth"])
-            truth_row["scores"].update(jacobian_min=info["truth_field_jacobian"][0], jacobian_max=info["truth_field_jacobian"][1],
-                                       folded_fraction=float((det_true <= 0).mean()))
-            if not truth_row["scores"]["tre_tissue_um"]["max"] < 1e-6 or not truth_row["scores"]["pearson_tissue"] > 0.8:
-                wrong.append(f"{pname}: truth check failed (TRE {truth_row['scores']['tre_tissue_um']['max']}, "
-                             f"Pearson {truth_row['scores']['pearson_tissue']})")
+            if known:
+                truth_row = add("truth (reference)", "truth", est=pair["truth"])
+                truth_row["scores"].update(jacobian_min=info["truth_field_jacobian"][0],
+                                           jacobian_max=info["truth_field_jacobian"][1],
+                                           folded_fraction=float((det_true <= 0).mean()))
+                if not truth_row["scores"]["tre_tissue_um"]["max"] < 1e-6 or not truth_row["scores"]["pearson_tissue"] > 0.8:
+                    wrong.append(f"{pname}: truth check failed (TRE {truth_row['scores']['tre_tissue_um']['max']}, "
+                                 f"Pearson {truth_row['scores']['pearson_tissue']})")
             add("identity (before)", "identity", est=[lazyreg.Affine.identity()])
 
             load0 = os.getloadavg()
@@ -864,25 +948,30 @@ def main() -> int:
             A = lazyreg.Affine(np.load(work / "A.npy"))
             g_row = add("lazyreg global affine (start of all)", "lazyreg", est=[A], rec=rec,
                         extra={"global_affine": np.asarray(A.matrix).tolist()})
-            affine_err = sc._lattice_err_vox
+            affine_err = sc._lattice_err_vox if known else None
 
             runs = []
             if "lazyreg" in tools:
                 bs = (BLOCKSIZE_QUICK if args.quick else BLOCKSIZE)[pname]
                 ff = "" if FOREGROUND_FRACTION[pname] is None else f", foreground_fraction {FOREGROUND_FRACTION[pname]}"
+                small = pname in ("tutorial", "real") and args.small_blocks
                 runs += [("lazyreg", "default", f"lazyreg piecewise default (blocksize {bs}{ff})")]
-                if pname == "tutorial" and args.small_blocks:  # the default steps on smaller blocks (their mesh scales with the block)
+                if small:  # the default steps on smaller blocks (their mesh scales with the block)
                     runs.append(("lazyreg", "default-half", f"lazyreg piecewise default (blocksize {bs // 2})"))
-                runs.append(("lazyreg", "coarse", f"lazyreg piecewise default, coarse=True (blocksize {bs}{ff})"))
+                runs.append(("lazyreg", "nocoarse", f"lazyreg piecewise default steps, coarse=False (blocksize {bs}{ff})"))
                 for q in ("balanced", "fast"):
                     runs.append(("lazyreg", q, f"lazyreg piecewise quality={q} (blocksize {bs}{ff})"))
                 if args.former:
                     runs.append(("lazyreg", "bspline", f"lazyreg piecewise former default, affine + B-spline (blocksize {bs}{ff})"))
                 runs.append(("lazyreg", "bigstream", f"lazyreg piecewise bigstream steps (blocksize {bs}{ff})"))
+                if small:
+                    runs.append(("lazyreg", "bigstream-half", f"lazyreg piecewise bigstream steps (blocksize {bs // 2})"))
             if "sitk" in tools:
                 runs.append(("sitk", "", "SimpleITK B-spline, whole volume"))
             if "ants" in tools:
                 runs.append(("ants", "", "ANTs SyN (own affine stage + SyN)"))
+                if args.ants_full and pname != "phantom":
+                    runs.append(("ants", "full", f"ANTs SyN, iterations {'/'.join(map(str, ANTS_FULL_ITERATIONS))}"))
             if "elastix" in tools:
                 runs.append(("elastix", "", "elastix B-spline (default map)"))
             for tool, config, label in runs:
@@ -908,11 +997,11 @@ def main() -> int:
                     rows = rec.pop("block_rows")
                     counts = Counter(r["status"] for r in rows)
                     reasons = Counter((r["reason"] or "")[:60] for r in rows if r["status"] != "ok")
-                    if isinstance(rec.get("steps"), list) and config.startswith("default"):
-                        note = "steps have no default yet: fallback [affine, deform]"
                     blk = ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-                    note = (note + "; " if note else "") + f"blocks: {blk}"
-                    extra = {"blocks": dict(counts), "failed_reasons": dict(reasons), "block_rows": rows}
+                    starts = Counter(r["start"] for r in rows if r.get("start"))
+                    note = f"blocks: {blk}" + (f"; starts {dict(starts)}" if starts else "")
+                    extra = {"blocks": dict(counts), "starts": dict(starts), "failed_reasons": dict(reasons),
+                             "block_rows": rows}
                 else:
                     checks = rec["checks"]
                     oks = [v for k, v in checks.items() if k.endswith("_ok")] + [checks["image"]["ok"]]
@@ -920,7 +1009,7 @@ def main() -> int:
                         wrong.append(f"{pname}: {label}: conversion check failed: {checks}")
                         note = "CONVERSION CHECK FAILED"
                 row = add(label, tool, est=[A, D], D=D, rec=rec, note=note, extra=extra)
-                if tool == "lazyreg":
+                if tool == "lazyreg" and known:
                     row["per_block"] = sc.per_block(rec["chunks"], rows, affine_err)
                     w = row["per_block"]["worse_than_affine"]
                     if w:

@@ -94,6 +94,23 @@ def test_fast_symmetric_variant_and_histogram_matching(pair):
     assert _error_voxels(D, fixed, d, tissue).mean() < 0.6
 
 
+def test_local_contrast_follows_a_brightness_that_changes_across_the_volume(pair):
+    """A light sheet dimming across moving (gain 1.6 -> 0.4 along x, 1.2 -> 0.8 along z): the raw demons and
+    histogram matching (one mapping for the whole image) are pulled by the brightness; in local
+    contrast they are not. Measured: mean error 1.32 (none), 1.29 (match), 0.50 voxel (local,
+    window 4 voxels; 0.85 with the default 12, wider than this phantom's blobs)."""
+    fixed, moving, A, d = pair
+    gain = np.linspace(1.6, 0.4, SHAPE[2])[None, None, :] * np.linspace(1.2, 0.8, SHAPE[0])[:, None, None]
+    dimming = moving.copy(data=(moving.values.astype(np.float32) * gain).astype(moving.dtype))
+    tissue = _tissue(fixed)
+    errors = {}
+    for intensity in ("none", "match", "local"):
+        D = align_demons(fixed, dimming, initial=A, intensity=intensity, contrast_window=4.0, threads=2, **FINE)
+        assert D.report["intensity"] == intensity and D.report["folded_fraction"] == 0.0
+        errors[intensity] = float(_error_voxels(D, fixed, d, tissue).mean())
+    assert errors["local"] < 0.65 and min(errors["none"], errors["match"]) > 1.0, errors
+
+
 def test_voxels_without_moving_data_or_outside_masks_exert_no_force(pair):
     fixed, moving, A, d = pair
     mask = np.zeros(SHAPE, dtype=bool)
@@ -135,6 +152,7 @@ def test_in_align_and_in_piecewise_blocks(pair):
         ({"iterations": 0}, r"iterations: expected an integer >= 1"),
         ({"smoothing": -1.0}, r"smoothing: expected a number in \[0, 20\]"),
         ({"smoothing": 0.0}, r"smoothing and update_smoothing are both 0"),
+        ({"intensity": "local", "contrast_window": 0.5}, r"contrast_window: expected a number in \[1, 1000\]"),
         ({"shrink_factor": 2}, r"unknown option 'shrink_factor'"),
     ],
 )

@@ -5,7 +5,7 @@ structure, a block's deformation is poorly constrained and its neighbours cannot
 whole-volume B-spline with a coarse mesh (elastix's and ANTs' starting point) is constrained by
 all of the image and extrapolates smoothly towards the edges. ``align_piecewise`` runs it first,
 through :func:`lazyreg.align` (one task, computed once per session), on both images in local
-contrast (:func:`local_contrast`), and each block runs its first step from the static transforms
+contrast (:func:`lazyreg.registration.contrast.local_contrast`), and each block runs its first step from the static transforms
 alone and from them and the coarse field, and goes on from the better
 (:func:`lazyreg.registration.block_align.align_block`).
 
@@ -30,19 +30,19 @@ from typing import Any, Mapping
 import dask.array as da
 import numpy as np
 import xarray as xr
-from scipy import ndimage as ndi
 
 from ..errors import LazyregError
 from ..images import Grid, grid_of
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
+from .contrast import local_contrast
 from .pipeline import align
 from .steps import parse_steps
 
 __all__ = [
     "COARSE_OPTIONS", "COARSE_SPACING_FRACTION", "COARSE_MAX_INTERVALS", "COARSE_SAMPLES_PER_PARAMETER", "COARSE_SAMPLES",
-    "COARSE_MAX_VOXELS", "COARSE_MIN_SIDE", "COARSE_CONTRAST_FRACTION", "CONTRAST_FLOOR", "coarse_spacing",
-    "coarse_stride", "coarse_options", "local_contrast", "coarse_field",
+    "COARSE_MAX_VOXELS", "COARSE_MIN_SIDE", "COARSE_CONTRAST_FRACTION", "coarse_spacing",
+    "coarse_stride", "coarse_options", "coarse_field",
 ]
 
 #: Options of the coarse stage's ``"deform"`` step (:func:`lazyreg.registration.itk.align_deformable`):
@@ -65,7 +65,7 @@ COARSE_SAMPLES = (10_000, 50_000)
 COARSE_MAX_VOXELS = 2**22
 #: Smallest side (voxels) of the coarse images at the first level: below it the stage is left out.
 COARSE_MIN_SIDE = 16
-#: Both images are put in local contrast (:func:`local_contrast`) before the coarse B-spline, with
+#: Both images are put in local contrast (:func:`~lazyreg.registration.contrast.local_contrast`) before the coarse B-spline, with
 #: Gaussian windows of this fraction of its finest control-point spacing (50 um on the tutorial).
 #: The whole-image correlation metric otherwise favours bright regions: on the real tutorial pair
 #: (rounds whose brightness changes across the volume) the raw images' B-spline raised the overlap
@@ -73,9 +73,6 @@ COARSE_MIN_SIDE = 16
 #: 0.011); in local contrast (sigma 50 um) 0.863, no region lower by more than 0.001 (20 um: 0.864,
 #: 100 um: 0.855). Known-truth phantom, coarse stage then blocks: 0.117 -> 0.115 voxel.
 COARSE_CONTRAST_FRACTION = 0.8
-#: The local standard deviation is floored at this fraction of its mean over the image, so that
-#: flat background is not amplified into noise.
-CONTRAST_FLOOR = 0.05
 
 
 def coarse_stride(shape: tuple[int, ...], max_voxels: int = COARSE_MAX_VOXELS) -> int:
@@ -142,34 +139,6 @@ def coarse_options(coarse: bool | Mapping[str, Any] | None) -> dict[str, Any] | 
 
 def _strided(img: xr.DataArray | None, k: int) -> xr.DataArray | None:
     return img if img is None or k == 1 else img[::k, ::k, ::k]
-
-
-def _contrast_values(values: np.ndarray, sigma: tuple[float, ...]) -> np.ndarray:
-    v = np.asarray(values, dtype=np.float32)
-    d = v - ndi.gaussian_filter(v, sigma, mode="nearest")
-    sd = np.sqrt(ndi.gaussian_filter(d * d, sigma, mode="nearest"))
-    return d / (sd + np.float32(CONTRAST_FLOOR * max(float(sd.mean()), 1e-12)))
-
-
-def local_contrast(img: xr.DataArray, sigma: float) -> xr.DataArray:
-    """``img`` minus its local mean, divided by its local standard deviation (float32, lazy).
-
-    Both are Gaussian-weighted over windows of ``sigma`` (physical units); the standard deviation
-    is floored at :data:`CONTRAST_FLOOR` of its mean. Correlating images in local contrast weighs
-    every region alike, as a local (windowed) correlation does. One task over the whole image:
-    meant for the coarse stage's images (at most :data:`COARSE_MAX_VOXELS`).
-
-    Examples
-    --------
-    >>> import lazyreg
-    >>> img = lazyreg.image(np.random.default_rng(0).random((16, 16, 48)) * np.arange(1, 49), 1.0)
-    >>> out = local_contrast(img, 3.0)    # lazy; the brightness ramp along x is gone:
-    >>> [round(float(x[..., 8:16].std() / x[..., 32:40].std()), 2) for x in (img, out)]
-    [0.37, 0.92]
-    """
-    sig = tuple(float(sigma) / s for s in grid_of(img).spacing)
-    data = da.asarray(img.data).rechunk(-1).map_blocks(_contrast_values, sig, dtype=np.float32)
-    return img.copy(data=data)
 
 
 def coarse_field(

@@ -27,6 +27,7 @@ from ..interpolation import resample_array
 from ..transforms.affine import Affine
 from ..transforms.field import DisplacementField
 from ..transforms.jacobian import determinant_values
+from .contrast import contrast_values
 from ..validation import check_choice, check_int, check_number, check_positive_ints
 from .itk_runner import checked_values, field_image, sitk_image, subsampled_grid
 
@@ -41,8 +42,10 @@ VARIANTS = {
     "symmetric": sitk.SymmetricForcesDemonsRegistrationFilter,
     "classic": sitk.DemonsRegistrationFilter,
 }
-#: How moving's intensities are made comparable with fixed's before the demons run.
-INTENSITIES = ("none", "match")
+#: How moving's intensities are made comparable with fixed's before the demons run: as they are,
+#: moving's histogram matched to fixed's, or both in local contrast
+#: (:func:`lazyreg.registration.contrast.contrast_values`).
+INTENSITIES = ("none", "match", "local")
 
 _DEFAULTS: dict[str, Any] = {
     "variant": "diffeomorphic",
@@ -52,6 +55,7 @@ _DEFAULTS: dict[str, Any] = {
     "update_smoothing": 0.0,
     "image_smoothing": 0.5,
     "intensity": "none",
+    "contrast_window": 12.0,
 }
 
 
@@ -83,6 +87,7 @@ def validate_demons_options(options: Mapping[str, Any]) -> dict[str, Any]:
     o["smoothing"] = check_number(o["smoothing"], "demons smoothing", 0.0, 20.0)
     o["update_smoothing"] = check_number(o["update_smoothing"], "demons update_smoothing", 0.0, 20.0)
     o["image_smoothing"] = check_number(o["image_smoothing"], "demons image_smoothing", 0.0, 20.0)
+    o["contrast_window"] = check_number(o["contrast_window"], "demons contrast_window", 1.0, 1000.0)
     if o["smoothing"] == 0 and o["update_smoothing"] == 0:
         raise LazyregError("demons smoothing: smoothing and update_smoothing are both 0: the field would not be regular")
     return o
@@ -164,6 +169,7 @@ def align_demons(
     update_smoothing: float = 0.0,
     image_smoothing: float = 0.5,
     intensity: str = "none",
+    contrast_window: float = 12.0,
     field_grid: Grid | None = None,
     fixed_mask: xr.DataArray | None = None,
     moving_mask: xr.DataArray | None = None,
@@ -198,9 +204,17 @@ def align_demons(
         0.33, 0.36, 0.39 voxel on the tutorial's known-truth pair and 0.63, 0.54, 0.44, 0.39 on
         the sparse, noisy phantom; on the real tutorial pair 0.75 and 1 left half the blocks
         worse (their steps not kept), 0.5 none.
-    intensity : {"none", "match"}
-        "match": moving's histogram is matched to fixed's first (rounds whose brightness
-        differs). The demons compare intensities directly.
+    intensity : {"none", "match", "local"}
+        The demons compare intensities directly. "match": moving's histogram is matched to
+        fixed's first. "local": both images in local contrast
+        (:func:`~lazyreg.registration.contrast.contrast_values`: minus the local mean, over the
+        local standard deviation), for rounds whose brightness differs from region to region.
+        Measured on the real tutorial pair (whole volume, after the same affine; Pearson where
+        both images are tissue, 0.833 before): "none" 0.868, "match" lower than "none" (11 of
+        16 blocks found nothing better), "local" 0.885 (windows of 10, 20, 50 um: 0.881, 0.885, 0.882).
+    contrast_window : float
+        With ``intensity="local"``: the windows' Gaussian standard deviation, in fixed voxels
+        (of their geometric-mean spacing; the same physical window on both images). Default 12.
     field_grid : Grid, optional
         Where the field is returned; default :func:`demons_field_grid`.
     fixed_mask, moving_mask : xarray.DataArray, optional
@@ -231,6 +245,7 @@ def align_demons(
     o = validate_demons_options(dict(
         variant=variant, shrink_factors=shrink_factors, iterations=iterations, smoothing=smoothing,
         update_smoothing=update_smoothing, image_smoothing=image_smoothing, intensity=intensity,
+        contrast_window=contrast_window,
     ))
     validate_image(fixed, "fixed")
     validate_image(moving, "moving")
@@ -241,6 +256,10 @@ def align_demons(
     A = Affine(np.eye(4) if initial is None else initial)
     fv = checked_values(fixed, "fixed")
     mv = checked_values(moving, "moving")
+    if o["intensity"] == "local":
+        window = o["contrast_window"] * float(np.exp(np.mean(np.log(gf.spacing))))  # physical
+        fv = contrast_values(fv, [window / s for s in gf.spacing])
+        mv = contrast_values(mv, [window / s for s in gm.spacing])
     identity = gf == gm and np.allclose(A.matrix, np.eye(4))
     warped = mv if identity else resample_array(
         mv, gm, gf, [("affine", A.matrix, None)], order=1, fill_value=np.nan, dtype=np.dtype(np.float32), threads=threads,
