@@ -12,7 +12,7 @@ import xarray as xr
 from .errors import LazyregError
 from .validation import SPACING_RANGE, check_origin, check_spacing
 
-__all__ = ["DIMS", "Grid", "image", "grid", "spacing", "origin", "validate_image", "grid_of", "check_mask"]
+__all__ = ["DIMS", "Grid", "image", "grid", "spacing", "origin", "validate_image", "grid_of", "check_mask", "single_block"]
 
 DIMS = ("z", "y", "x")
 _SPACING_ATTR = "spacing"
@@ -326,3 +326,26 @@ def check_mask(mask: Any, img: xr.DataArray, argname: str, image_argname: str = 
             "a mask must lie on its image's grid"
         )
     return mask
+
+
+def single_block(values: Any) -> da.Array:
+    """An in-memory array as a dask array of one chunk named by its content.
+
+    dask copies an array it wraps (a snapshot); naming the chunk by the values' token makes every
+    graph built from the same values share that one key, and wrapping them once (rather than in
+    each of many graphs, e.g. one per block) keeps one copy in memory. A dask array is returned
+    as it is.
+
+    Examples
+    --------
+    >>> a = np.arange(8).reshape(2, 2, 2)
+    >>> x, y = single_block(a), single_block(a)
+    >>> x.name == y.name, x.numblocks, single_block(x) is x
+    (True, (1, 1, 1), True)
+    """
+    if isinstance(values, da.Array):
+        return values
+    from dask.base import tokenize
+
+    v = np.asarray(values)
+    return da.from_array(v, chunks=v.shape, name="lazyreg-moving-" + tokenize(v))

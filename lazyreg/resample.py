@@ -39,7 +39,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from .errors import LazyregError, LazyregWarning
-from .images import Grid, grid_of, validate_image
+from .images import Grid, grid_of, single_block, validate_image
 from .io.source import ChunkCache, chunk_cache_bytes, find_source, read_region
 from .interpolation import cast_to, resample_array
 from .moving_regions import graph_source
@@ -385,11 +385,8 @@ def apply_transform(
     region_bound = max_region_bytes() if isinstance(moving.data, da.Array) else None  # numpy: in memory already
     prepared = _prepare(transforms, _check_max_displacement(max_displacement))
 
-    mov_arr = moving.data
-    if not isinstance(mov_arr, da.Array):
-        # one block (dask's snapshot copy of it): a task's region is a view of it, not an assembled copy
-        values = np.asarray(mov_arr)
-        mov_arr = da.from_array(values, chunks=values.shape, name="lazyreg-moving-" + tokenize(values))
+    # in memory: one block (dask's snapshot copy of it); a task's region is a view of it, not an assembled copy
+    mov_arr = single_block(moving.data)
     source = find_source(moving)
     in_task = source or graph_source(moving)  # a dask graph without a store: blocks computed where read
 

@@ -166,3 +166,21 @@ def test_soak_worker_peak_rss_stays_within_the_stated_bound(local_cluster, tmp_p
         got = lazyreg.open_image(tmp_path / "out.ome.zarr")[96:160, 96:160, 96:160].values
         ref = lazyreg.apply_transform(moving.compute(), moving.compute(), [A], chunks=c)[96:160, 96:160, 96:160].values
     assert np.array_equal(got, ref)
+
+
+def test_building_a_piecewise_graph_keeps_one_copy_of_an_in_memory_moving_image():
+    """Each block's graph used to wrap the in-memory moving image itself, and dask copies what it
+    wraps: 96 blocks of 64 on the tutorial pair peaked at +2.9 GiB while the graph was built (6 GiB
+    in all with the coarse stage). Now one copy, whatever the number of blocks."""
+    import tracemalloc
+
+    fixed, moving, _ = lazyreg.data.synthetic_pair((64, 128, 128), seed=0)
+    n_blocks = 2 * 4 * 4
+    tracemalloc.start()
+    try:
+        lazyreg.align_piecewise(fixed, moving, "demons", blocksize=32, coarse=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # measured: 8.2 moving sizes now (fixed wrapped once too, the threshold sample), 39 before
+    assert peak < 16 * moving.nbytes, (peak / moving.nbytes, n_blocks)
