@@ -12,7 +12,7 @@ import xarray as xr
 from .errors import LazyregError
 from .validation import SPACING_RANGE, check_origin, check_spacing
 
-__all__ = ["DIMS", "Grid", "image", "grid", "spacing", "origin", "validate_image", "grid_of", "check_mask", "single_block"]
+__all__ = ["DIMS", "Grid", "image", "grid", "spacing", "origin", "validate_image", "grid_of", "check_mask", "single_block", "in_memory"]
 
 DIMS = ("z", "y", "x")
 _SPACING_ATTR = "spacing"
@@ -348,4 +348,19 @@ def single_block(values: Any) -> da.Array:
     from dask.base import tokenize
 
     v = np.asarray(values)
-    return da.from_array(v, chunks=v.shape, name="lazyreg-moving-" + tokenize(v))
+    return da.from_array(v, chunks=v.shape, name=_SINGLE_BLOCK + tokenize(v))
+
+
+_SINGLE_BLOCK = "lazyreg-moving-"
+
+
+def in_memory(values: Any) -> bool:
+    """Whether image data are in memory: not a dask array, or one made by :func:`single_block`.
+
+    Examples
+    --------
+    >>> a = np.zeros((2, 2, 2))
+    >>> in_memory(a), in_memory(single_block(a)), in_memory(da.zeros((2, 2, 2)))
+    (True, True, False)
+    """
+    return not isinstance(values, da.Array) or values.name.startswith(_SINGLE_BLOCK)

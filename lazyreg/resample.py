@@ -39,7 +39,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from .errors import LazyregError, LazyregWarning
-from .images import Grid, grid_of, single_block, validate_image
+from .images import Grid, grid_of, in_memory, single_block, validate_image
 from .io.source import ChunkCache, chunk_cache_bytes, find_source, read_region
 from .interpolation import cast_to, resample_array
 from .moving_regions import graph_source
@@ -191,7 +191,7 @@ def _threads_per_task(nchunks: int) -> int:
 
 def _default_chunks(fixed: Grid, moving: xr.DataArray, dtype: np.dtype, chunks: Any) -> tuple:
     if chunks is None:
-        prev = moving.data.chunksize if isinstance(moving.data, da.Array) else None
+        prev = None if in_memory(moving.data) else moving.data.chunksize
         if prev is not None and np.prod(prev) * dtype.itemsize <= CHUNK_LIMIT_BYTES:
             chunks = tuple(min(int(c), n) for c, n in zip(prev, fixed.shape))
         else:
@@ -382,13 +382,15 @@ def apply_transform(
     out_chunks = _default_chunks(g_out, moving, dtype, chunks)
     out_chunks = check_output_chunks(out_chunks, dtype, chunks)
     warn_singular_affines(transforms)
-    region_bound = max_region_bytes() if isinstance(moving.data, da.Array) else None  # numpy: in memory already
+    resident = in_memory(moving.data)
+    region_bound = None if resident else max_region_bytes()  # in memory already: no bound to keep
     prepared = _prepare(transforms, _check_max_displacement(max_displacement))
 
     # in memory: one block (dask's snapshot copy of it); a task's region is a view of it, not an assembled copy
     mov_arr = single_block(moving.data)
     source = find_source(moving)
-    in_task = source or graph_source(moving)  # a dask graph without a store: blocks computed where read
+    # a dask graph without a store: blocks computed where read
+    in_task = source or (None if resident else graph_source(moving))
 
     factor = _group_factor(out_chunks)  # small chunks: one task per group of neighbours
     groups = list(chunk_groups(g_out, out_chunks, factor))
@@ -447,7 +449,7 @@ def apply_transform(
 def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> tuple[da.Array, ChunkRefs]:
     """Every task depends on the whole moving image: free when it is in memory already (then
     ``mov_arr`` is its one block)."""
-    if not isinstance(moving.data, da.Array):
+    if in_memory(moving.data):
         return mov_arr, ChunkRefs.of(mov_arr, tuple(slice(0, n) for n in mov_arr.shape))
     if mov_arr.nbytes > SMALL_MOVING_BYTES:
         raise LazyregError(
