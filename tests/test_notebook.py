@@ -100,7 +100,8 @@ def test_tutorial_executes(tutorial_dir: Path, tmp_path: Path, kernel_name: str,
     assert cache["block"]["computed"] == sum(s["blocks"].values()), cache
     # the global alignment once, plus round 3 of the series (its round 2 is the same alignment, reused)
     assert cache["align"]["computed"] == 2, cache
-    assert s["pearson_piecewise_overlap"] > s["pearson_affine_overlap2"]
+    # measured: 0.838 -> 0.871 where both images have data; whole volume 0.460 -> 0.474
+    assert s["pearson_piecewise_overlap"] > s["pearson_affine_overlap2"] + 0.01
     assert s["pearson_piecewise"] > s["pearson_affine"]
     assert s["jacobian_min"] > 0
     assert s["jacobian_fraction_folded"] == 0
