@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from .errors import LazyregError
 from .validation import SPACING_RANGE, check_origin, check_spacing
@@ -17,6 +18,8 @@ __all__ = ["DIMS", "Grid", "image", "grid", "spacing", "origin", "validate_image
 DIMS = ("z", "y", "x")
 _SPACING_ATTR = "spacing"
 _RTOL = 1e-5
+#: The name prefix of :func:`single_block`'s arrays.
+_SINGLE_BLOCK = "lazyreg-moving-"
 
 
 @dataclass(frozen=True)
@@ -345,13 +348,8 @@ def single_block(values: Any) -> da.Array:
     """
     if isinstance(values, da.Array):
         return values
-    from dask.base import tokenize
-
     v = np.asarray(values)
     return da.from_array(v, chunks=v.shape, name=_SINGLE_BLOCK + tokenize(v))
-
-
-_SINGLE_BLOCK = "lazyreg-moving-"
 
 
 def in_memory(values: Any) -> bool:
