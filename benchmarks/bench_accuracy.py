@@ -69,7 +69,9 @@ the estimate, over the whole grid, over the fixed tissue, and over voxels where 
 tissue (the resampled moving smoothed the same way, above moving's own level: outside moving's
 field of view is not tissue); the Dice of the two tissue masks, and of the two images' bright
 structures (each smoothed image above its own Otsu threshold: the tutorial tissue fills ~94 % of the
-view, so its tissue Dice mostly measures field-of-view overlap); Jacobian determinant of ``D`` (min,
+view, so its tissue Dice mostly measures field-of-view overlap); blob correspondence (the fraction
+of fixed blobs the estimate maps within one voxel of a blob detected in moving on its own, and the
+median distance: needs no truth, so it judges the real pair too); Jacobian determinant of ``D`` (min,
 max, folded fraction); wall seconds, CPU seconds and peak RSS of the registration; for lazyreg's
 piecewise configurations, block outcomes and starts, and (known truth) blocks whose own TRE got
 worse than the affine's.
@@ -448,6 +450,12 @@ def worker_lazyreg(work: Path, spec: dict) -> dict:
         elif spec["config"] in ("balanced", "fast"):
             field = lazyreg.align_piecewise(fixed, moving, quality=spec["config"], **kw)
             rec["steps"] = f"quality={spec['config']}"
+        elif spec["config"] == "local":
+            from lazyreg.registration.piecewise import DEFAULT_STEPS
+
+            (name, opts), rest = DEFAULT_STEPS[-1], DEFAULT_STEPS[:-1]
+            rec["steps"] = [*rest, (name, {**opts, "intensity": "local"})]
+            field = lazyreg.align_piecewise(fixed, moving, rec["steps"], coarse=True, **kw)
         elif spec["config"] == "nocoarse":
             field = lazyreg.align_piecewise(fixed, moving, coarse=False, **kw)
             rec["steps"] = "align_piecewise default steps, coarse=False"
@@ -714,6 +722,7 @@ class Scorer:
         from lazyreg.registration.blobs import detect_blobs
         from lazyreg.registration.block_align import FOREGROUND_SIGMA
         from scipy import ndimage as ndi
+        from scipy.spatial import cKDTree
 
         self.name = name
         self.sp, self.org = pair["spacing"], pair["origin"]
@@ -736,6 +745,12 @@ class Scorer:
         blobs = detect_blobs(v, self.sp, blob_sizes=tuple(BLOB_SIZES[name]), nspots=2000, mask=self.tissue)
         self.blob_pts = self.grid.to_physical(blobs[:, :3])
         self.truth_blob = None if self.truth is None else lazyreg.transform_points(self.blob_pts, self.truth)
+        # blobs of moving, found on their own: after a good registration a fixed blob lands on one
+        moving_tissue = ndi.gaussian_filter(pair["moving"].astype(np.float32), FOREGROUND_SIGMA) > self.moving_level
+        mblobs = detect_blobs(pair["moving"].astype(np.float32), self.sp, blob_sizes=tuple(BLOB_SIZES[name]),
+                              nspots=4000, mask=moving_tissue)
+        self.moving_blob_tree = cKDTree(self.grid.to_physical(mblobs[:, :3]))
+        self.blob_radius = float(np.exp(np.mean(np.log(self.sp))))  # one voxel (geometric mean spacing)
         self.info = {
             "shape": list(self.grid.shape),
             "voxels": int(np.prod(self.grid.shape)),
@@ -744,6 +759,8 @@ class Scorer:
             "lattice_step_voxels": self.step,
             "lattice_points_in_tissue": int(self.lattice_in.sum()),
             "blobs": int(len(self.blob_pts)),
+            "moving_blobs": int(self.moving_blob_tree.n),
+            "blob_match_radius_um": self.blob_radius,
         }
 
     def score(self, est: list, D=None) -> dict:
@@ -767,6 +784,10 @@ class Scorer:
             diff = lazyreg.transform_points(self.blob_pts, est) - self.truth_blob
             out["tre_blobs_um"] = _summary(np.linalg.norm(diff, axis=1))
             out["tre_blobs_vox"] = _summary(np.linalg.norm(diff / sp, axis=1))
+        # blob correspondence, needing no truth and no intensities: each fixed blob mapped into moving,
+        # the distance to the nearest blob found in moving on its own
+        near, _ = self.moving_blob_tree.query(lazyreg.transform_points(self.blob_pts, est))
+        out["blob_match"] = {"median_um": float(np.median(near)), "within_voxel": float((near <= self.blob_radius).mean())}
         res = lazyreg.apply_transform(self.fixed, self.moving.astype(np.float32), est).compute()
         out["pearson_all"] = pearson(self.fixed, res)
         out["pearson_tissue"] = pearson(self.fixed, res, self.tissue_img)
@@ -828,12 +849,13 @@ def _fmt_row(pair: str, r: dict) -> list:
     fold = None if s.get("folded_fraction") is None else f"{100 * s['folded_fraction']:.3f}%"
     return [pair, r["label"], t.get("mean"), t.get("p95"), t.get("max"), tv.get("mean"), tv.get("p95"), b.get("mean"),
             b.get("p95"), b.get("max"), bv.get("mean"), s.get("pearson_all"), s.get("pearson_tissue"),
-            s.get("pearson_both_tissue"), s.get("dice_tissue"), s.get("dice_bright"), jac, fold,
+            s.get("pearson_both_tissue"), s.get("dice_tissue"), s.get("dice_bright"),
+            (s.get("blob_match") or {}).get("within_voxel"), (s.get("blob_match") or {}).get("median_um"), jac, fold,
             r.get("seconds"), r.get("cpu_seconds"), C.gib(r.get("peak_rss_bytes")), r.get("note") or ""]
 
 
 HEADER = ["pair", "tool / config", "TRE tis um mean", "p95", "max", "vox mean", "vox p95", "TRE blobs um mean", "p95",
-          "max", "vox mean", "r all", "r tissue", "r both", "Dice", "Dice bright", "Jacobian", "folded", "wall s", "CPU s", "peak GiB", "note"]
+          "max", "vox mean", "r all", "r tissue", "r both", "Dice", "Dice bright", "blobs matched", "blob dist um", "Jacobian", "folded", "wall s", "CPU s", "peak GiB", "note"]
 
 
 def main() -> int:
@@ -848,6 +870,8 @@ def main() -> int:
     ap.add_argument("--former", action="store_true", help="also the block steps of 2026-11 (affine + B-spline)")
     ap.add_argument("--ants-full", action="store_true",
                     help=f"also ANTs SyN with iterations {ANTS_FULL_ITERATIONS} (full resolution too) on the tutorial pairs")
+    ap.add_argument("--local-demons", action="store_true",
+                    help="also the default steps with the demons in local contrast (intensity='local')")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -959,6 +983,8 @@ def main() -> int:
                 if small:  # the default steps on smaller blocks (their mesh scales with the block)
                     runs.append(("lazyreg", "default-half", f"lazyreg piecewise default (blocksize {bs // 2})"))
                 runs.append(("lazyreg", "nocoarse", f"lazyreg piecewise default steps, coarse=False (blocksize {bs}{ff})"))
+                if args.local_demons:
+                    runs.append(("lazyreg", "local", f"lazyreg piecewise default, demons in local contrast (blocksize {bs}{ff})"))
                 for q in ("balanced", "fast"):
                     runs.append(("lazyreg", q, f"lazyreg piecewise quality={q} (blocksize {bs}{ff})"))
                 if args.former:
