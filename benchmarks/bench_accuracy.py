@@ -746,9 +746,9 @@ class Scorer:
         self.blob_pts = self.grid.to_physical(blobs[:, :3])
         self.truth_blob = None if self.truth is None else lazyreg.transform_points(self.blob_pts, self.truth)
         # blobs of moving, found on their own: after a good registration a fixed blob lands on one
-        moving_tissue = ndi.gaussian_filter(pair["moving"].astype(np.float32), FOREGROUND_SIGMA) > self.moving_level
-        mblobs = detect_blobs(pair["moving"].astype(np.float32), self.sp, blob_sizes=tuple(BLOB_SIZES[name]),
-                              nspots=4000, mask=moving_tissue)
+        mv = pair["moving"].astype(np.float32)
+        moving_tissue = ndi.gaussian_filter(mv, FOREGROUND_SIGMA) > self.moving_level
+        mblobs = detect_blobs(mv, self.sp, blob_sizes=tuple(BLOB_SIZES[name]), nspots=4000, mask=moving_tissue)
         self.moving_blob_tree = cKDTree(self.grid.to_physical(mblobs[:, :3]))
         self.blob_radius = float(np.exp(np.mean(np.log(self.sp))))  # one voxel (geometric mean spacing)
         self.info = {
