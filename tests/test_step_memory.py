@@ -47,6 +47,40 @@ def test_sampler_catches_a_known_allocation_and_the_baseline_returns():
     assert 0 <= quiet.figures()["peak_mib"] < 30, quiet.figures()
 
 
+def test_a_sample_read_before_a_measurement_opened_is_not_counted_in_it():
+    """The sampler read the RSS while the previous step still held its memory, and the next step's
+    measurement opened before that sample was recorded: the sample is the previous step's."""
+    low, high = 100 * MIB, 300 * MIB
+    in_read, proceed = threading.Event(), threading.Event()
+    main = threading.current_thread()
+    sampler_reads = []
+
+    def read():
+        if threading.current_thread() is main:
+            return low
+        sampler_reads.append(1)
+        if len(sampler_reads) > 1:
+            return low  # the memory was freed
+        in_read.set()
+        proceed.wait(5)
+        return high  # read while the first step held its memory
+
+    s = RssSampler(interval=0.001, read=read)
+    try:
+        first = s.start()
+        assert in_read.wait(5)  # the sampler is reading while the first step still holds memory
+        s.stop(first)
+        second = s.start()  # the next step opens before that sample is recorded
+        proceed.set()
+        assert _wait(lambda: s.samples >= 3)  # the stale sample recorded, then fresh ones
+        s.stop(second)
+    finally:
+        proceed.set()
+        s.close()
+    assert first.figures()["peak_mib"] == 0.0  # closed before the sample was recorded
+    assert second.figures() == {"peak_mib": 0.0, "peak_rss_mib": 100.0}  # not the stale 300 MiB
+
+
 def test_block_and_step_rows_record_the_peak_of_a_step_that_allocates():
     lazyreg.register_step("test_hog_memory", _hog, replace=True)
     fixed, moving, _, _ = lazyreg.data.warped_pair((32, 32, 32), seed=3)

@@ -105,11 +105,12 @@ class StepPeak:
     {'peak_mib': None, 'peak_rss_mib': None}
     """
 
-    __slots__ = ("start", "peak")
+    __slots__ = ("start", "peak", "opened")
 
-    def __init__(self, start: int | None) -> None:
+    def __init__(self, start: int | None, opened: int = 0) -> None:
         self.start = start
         self.peak = start
+        self.opened = opened  # time.perf_counter_ns() when it opened: earlier samples are not its own
 
     def figures(self) -> dict:
         """``peak_mib`` (the largest RSS above the start, MiB) and ``peak_rss_mib`` (that largest
@@ -179,12 +180,14 @@ class RssSampler:
             self._waiting = False
             if self._closed:
                 return
+            taken = time.perf_counter_ns()
             rss = self._read()
             with self._lock:
                 self.samples += 1
                 if rss is not None:
                     for m in self._open:
-                        if m.peak is not None and rss > m.peak:
+                        # a sample read before a measurement opened belongs to what ran before it
+                        if m.opened <= taken and m.peak is not None and rss > m.peak:
                             m.peak = rss
             time.sleep(self.interval)
 
@@ -193,7 +196,7 @@ class RssSampler:
         if self._pid != os.getpid():  # first use, or a forked child (the thread is not there)
             self._reset()
             self._pid = os.getpid()
-        m = StepPeak(self._read())
+        m = StepPeak(self._read(), time.perf_counter_ns())
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, args=(self._wake,), name="lazyreg-step-memory", daemon=True)
