@@ -16,14 +16,20 @@ class ItkThreads(WorkerPlugin):
     filters the demons build inside themselves take this process-wide default (all cores
     otherwise), so each worker thread kept several cores busy (docs/from-bigstream.md, section 6).
 
+    Register it on a cluster with ``client.register_plugin(ItkThreads(), name="lazyreg-itk-threads")``
+    (tests/test_cli.py checks it on a LocalCluster of 1-thread workers).
+
     Examples
     --------
-    >>> from distributed import Client, LocalCluster
-    >>> with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
-    ...     _ = client.register_plugin(ItkThreads(), name="lazyreg-itk-threads")
-    ...     threads = client.run(lambda: __import__("SimpleITK").ProcessObject.GetGlobalDefaultNumberOfThreads())
-    >>> list(threads.values())
-    [1]
+    What a worker with one thread runs when it starts:
+
+    >>> import SimpleITK as sitk
+    >>> from types import SimpleNamespace
+    >>> before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    >>> ItkThreads().setup(SimpleNamespace(state=SimpleNamespace(nthreads=1)))
+    >>> sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    1
+    >>> sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
     """
 
     def setup(self, worker: Any) -> None:
