@@ -731,11 +731,12 @@ class Scorer:
         self.grid = lazyreg.Grid(self.fixed.shape, self.sp, self.org)
         self.truth = pair["truth"]
         v = pair["fixed"].astype(np.float32)
-        self.tissue = ndi.gaussian_filter(v, FOREGROUND_SIGMA) > tissue_level(v)
+        smooth = ndi.gaussian_filter(v, FOREGROUND_SIGMA)
+        self.tissue = smooth > tissue_level(v)
         self.tissue_img = self.fixed.copy(data=self.tissue)
         self.moving_level = tissue_level(pair["moving"])
         # bright structures (cells, nuclei): each image's Otsu threshold after the same smoothing
-        self.bright = ndi.gaussian_filter(v, FOREGROUND_SIGMA) > bright_level(v)
+        self.bright = smooth > bright_level(v)
         self.moving_bright_level = bright_level(pair["moving"])
         self.step = LATTICE_STEP[name]
         axes = [np.arange(0, s, self.step) for s in self.grid.shape]
