@@ -324,7 +324,10 @@ def run_scaling(work: Path, steps) -> dict:
             "efficiency_2_workers": round(eff, 3), "projection_100_workers": proj}
 
 
-ALIGN_MODES = ("align", "ransac_in_memory", "ransac_per_chunk")
+ALIGN_MODES = ("align", "ransac_in_memory", "ransac_per_chunk", "align_shrunk_in_memory", "align_shrunk_per_chunk")
+#: The global steps of the ``align_shrunk_*`` modes: an affine stopping at shrink 2, which ``align``
+#: runs on the level binned chunk by chunk (lazyreg.registration.step_inputs).
+SHRUNK_AFFINE = ("affine", {"shrink_factors": (8, 4, 2)})
 
 
 def align_level(work: Path, level: int, mode: str = "align") -> dict:
@@ -333,7 +336,10 @@ def align_level(work: Path, level: int, mode: str = "align") -> dict:
     ``align``: ``lazyreg.align`` with [ransac, affine] (its task loads the level whole, as before);
     ``ransac_in_memory``: the ransac step alone on the level loaded whole (whole-image detection);
     ``ransac_per_chunk``: the ransac step alone on the store-backed level, never loaded whole
-    (blobs detected tile by tile, descriptors read around the blobs).
+    (blobs detected tile by tile, descriptors read around the blobs);
+    ``align_shrunk_in_memory`` / ``align_shrunk_per_chunk``: ``lazyreg.align`` with [ransac,
+    affine stopping at shrink 2] on the level loaded whole / on the store-backed level (the ransac
+    step reads it chunk by chunk, the affine binned by 2 chunk by chunk: never whole).
     """
     import lazyreg
     from lazyreg.registration.features import align_features
@@ -342,8 +348,11 @@ def align_level(work: Path, level: int, mode: str = "align") -> dict:
     mov = lazyreg.open_image(work / "moving.ome.zarr", level=level)
     blob_sizes = [6 * 2**(1 - level), 20 * 2**(1 - level)]  # the same physical sizes, in voxels of the level
     t0, c0 = time.perf_counter(), cpu_seconds()
-    if mode == "align":
-        A = lazyreg.align(fix, mov, [("ransac", {"blob_sizes": blob_sizes}), ("affine", {})]).compute()
+    if mode.startswith("align"):
+        if mode == "align_shrunk_in_memory":
+            fix, mov = fix.compute(), mov.compute()
+        affine = SHRUNK_AFFINE if mode.startswith("align_shrunk") else ("affine", {})
+        A = lazyreg.align(fix, mov, [("ransac", {"blob_sizes": blob_sizes}), affine]).compute()
         report = A.report
     else:
         if mode == "ransac_in_memory":
@@ -396,6 +405,8 @@ def run_align_levels(work: Path) -> dict:
     for level in ("level1", "level0"):  # the per-chunk path gives the in-memory result
         out[f"per_chunk_vs_in_memory_{level}_max_abs"] = float(np.abs(
             np.asarray(out["ransac_per_chunk"][level]["matrix"]) - np.asarray(out["ransac_in_memory"][level]["matrix"])).max())
+        out[f"align_shrunk_per_chunk_vs_in_memory_{level}_corners_um"] = _corners_apart(
+            work, out["align_shrunk_per_chunk"][level]["matrix"], out["align_shrunk_in_memory"][level]["matrix"])
     return out
 
 

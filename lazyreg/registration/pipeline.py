@@ -19,7 +19,10 @@ from ..transforms.field import DisplacementField
 from ..transforms.points import normalize_transforms
 from ..result_cache import Deferred, Ref, cached_call
 from ..validation import check_seed
+from ..io.source import find_source
+from .blob_chunks import is_chunked
 from .inputs import image_recipe
+from .step_inputs import reads_in_chunks
 from .steps import field_step_grid, parse_steps, run_steps
 
 __all__ = ["align"]
@@ -62,7 +65,13 @@ def align(
     Parameters
     ----------
     fixed, moving : xarray.DataArray
-        Images (a downsampled level of large data: the steps load them into memory).
+        Images, usually a downsampled level of large data. Most steps load them into memory.
+        A store-backed level of several chunks (e.g. from :func:`lazyreg.open_image`) is never
+        read whole when every step can do without: the ``"ransac"`` step reads it chunk by
+        chunk, and an ``"affine"`` / ``"rigid"`` step whose ``shrink_factors`` are all >= 2 runs
+        on it binned by their greatest common divisor, chunk by chunk (its report says
+        ``binned``). So ``[("ransac", {...}), ("affine", {"shrink_factors": (8, 4, 2)})]`` aligns a
+        level that does not fit in memory (:mod:`lazyreg.registration.step_inputs`).
     steps : sequence of (name, options), or str
         Run in order, each starting from the previous result. Names (see
         :data:`lazyreg.registration.steps.STEPS`, and :func:`lazyreg.register_step` for your
@@ -123,14 +132,23 @@ def align(
     return [affine, field]
 
 
+def _readable_in_chunks(img: xr.DataArray) -> bool:
+    return is_chunked(img) and find_source(img) is not None
+
+
 def _state(calls, fixed, moving, fixed_mask, moving_mask, init, seed: int, field_grid) -> Delayed:
     """One task running every step, computed at most once per session (:mod:`lazyreg.result_cache`).
 
-    Store-backed images are read inside the task, only when its result is not cached yet.
+    Store-backed images are read inside the task, only when its result is not cached yet: whole,
+    or chunk by chunk when all its steps can work so (:mod:`lazyreg.registration.step_inputs`).
     """
     deps: list = []
     collections: list = []
-    images = [image_recipe(x, deps, collections) for x in (fixed, moving, fixed_mask, moving_mask)]
+    unread = reads_in_chunks(calls, (fixed_mask, moving_mask))
+    # a store-backed level of several chunks goes in unread when every step reads it chunk by
+    # chunk or binned (step_inputs); otherwise the task reads it whole, once
+    images = [x if unread and _readable_in_chunks(x) else image_recipe(x, deps, collections) for x in (fixed, moving)]
+    images += [image_recipe(x, deps, collections) for x in (fixed_mask, moving_mask)]
     if isinstance(init, da.Array):
         collections.append(init)
         deps.append((init.name, 0, 0))

@@ -40,6 +40,7 @@ from .demons import align_demons, demons_field_grid, validate_demons_options
 from .itk_options import validate_itk_options
 from .itk_runner import deformable_field_grid
 from .search import random_affine_search, validate_search_options
+from .step_inputs import StepInputs, binned_options
 
 __all__ = ["Step", "StepCall", "STEPS", "register_step", "parse_steps", "run_steps", "field_step_grid"]
 
@@ -68,6 +69,10 @@ class Step:
     field_grid : callable, optional
         For ``returns="field"``: ``field_grid(fixed_grid, options) -> Grid``, the grid of the
         returned field, known before the step runs (default: the fixed grid).
+    chunked : bool
+        ``func`` reads dask-backed images of several chunks chunk by chunk, never whole (e.g.
+        ``"ransac"``): :func:`lazyreg.align` then hands it store-backed levels unread
+        (:mod:`lazyreg.registration.step_inputs`). Other steps get their images in memory.
 
     Examples
     --------
@@ -82,6 +87,7 @@ class Step:
     validate: Callable[[dict], Any] | None = None
     fixed_options: dict = field(default_factory=dict)
     field_grid: Callable[[Grid, dict], Grid] | None = None
+    chunked: bool = False
 
     @property
     def options(self) -> list[str]:
@@ -149,6 +155,7 @@ def register_step(
     validate: Callable[[dict], Any] | None = None,
     fixed_options: Mapping[str, Any] | None = None,
     field_grid: Callable[[Grid, dict], Grid] | None = None,
+    chunked: bool = False,
     replace: bool = False,
 ) -> Step:
     """Make ``func`` usable as a step called ``name`` in :func:`lazyreg.align` and piecewise blocks.
@@ -176,6 +183,10 @@ def register_step(
     field_grid : callable, optional
         For field steps: ``field_grid(fixed_grid, options) -> Grid``, the grid of the returned
         field (the pipeline needs it before the step runs); default the fixed grid.
+    chunked : bool
+        ``func`` also takes dask-backed images of several chunks and reads them chunk by chunk
+        (never whole); :func:`lazyreg.align` then gives it store-backed images unread. Default:
+        it gets in-memory images.
     replace : bool
         Allow replacing a registered step of the same name.
 
@@ -204,12 +215,12 @@ def register_step(
     params = inspect.signature(func).parameters
     if "initial" not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         raise LazyregError(f"func: a step takes (fixed, moving, *, initial, ...); {func.__name__} has no 'initial'")
-    step = Step(name, func, returns, validate, dict(fixed_options or {}), field_grid)
+    step = Step(name, func, returns, validate, dict(fixed_options or {}), field_grid, bool(chunked))
     STEPS[name] = step
     return step
 
 
-register_step("ransac", align_features, validate=lambda o: validate_options("ransac", o))
+register_step("ransac", align_features, validate=lambda o: validate_options("ransac", o), chunked=True)
 register_step("random", random_affine_search, validate=validate_search_options)
 register_step(
     "rigid", align_affine, fixed_options={"transform": "rigid"},
@@ -307,9 +318,11 @@ def field_step_grid(calls: Sequence[StepCall], fixed: Grid) -> Grid | None:
     return None
 
 
-def _run_one(call: StepCall, fixed, moving, state: dict, *, seed: int, masks: tuple, threads, field_grid) -> dict:
+def _run_one(call: StepCall, fixed, moving, state: dict, *, seed: int, masks: tuple, threads, field_grid, binned: int = 1) -> dict:
     step = call.step
     kwargs = dict(call.options, **step.fixed_options)
+    if binned > 1:
+        kwargs = binned_options(kwargs, binned, grid_of(fixed).spacing)
     supplied = {"seed": seed, "fixed_mask": masks[0], "moving_mask": masks[1], "threads": threads,
                 "field_grid": field_grid if step.returns == "field" else None}
     for key, value in supplied.items():
@@ -325,6 +338,8 @@ def _run_one(call: StepCall, fixed, moving, state: dict, *, seed: int, masks: tu
     result = step.func(fixed, moving, initial=np.eye(4) if chained else state["affine"], **kwargs)
     report = dict(getattr(result, "report", None) or {})
     report["step"] = call.name  # the pipeline's name for the step (the function may use its own)
+    if binned > 1:
+        report["binned"] = binned
     report["seconds_total"] = time.perf_counter() - t0
     log.info("align step %s: %s", call.name, {k: v for k, v in report.items() if not isinstance(v, (list, dict, np.ndarray))})
     new = dict(state, reports=state["reports"] + [report])
@@ -380,7 +395,11 @@ def run_steps(
     field_grid: Grid | None = None,
     threads: int | None = None,
 ) -> dict:
-    """Run steps eagerly on in-memory images, each starting from the previous result.
+    """Run steps eagerly, each starting from the previous result.
+
+    Images are in memory, or dask-backed: then steps that read them chunk by chunk get them as
+    they are, affine steps whose levels are all shrunk get them binned, the others in memory
+    (:mod:`lazyreg.registration.step_inputs`).
 
     Returns the state: ``affine`` (an :class:`~lazyreg.Affine`), ``field`` (a
     :class:`~lazyreg.DisplacementField` on ``field_grid``, or None) and ``reports`` (one dict per
@@ -403,9 +422,11 @@ def run_steps(
     if initial_field is not None and any(c.step.returns != "field" for c in calls):
         raise LazyregError("run_steps: an initial field can only be followed by steps returning fields")
     state = {"affine": Affine(np.eye(4) if initial is None else initial), "field": initial_field, "reports": []}
+    inputs = StepInputs(fixed, moving, (fixed_mask, moving_mask))
     for i, call in enumerate(calls):
+        (f, m), b = inputs.images(call)
         state = _run_one(
-            call, fixed, moving, state, seed=int(seed) + i, masks=(fixed_mask, moving_mask), threads=threads,
-            field_grid=field_grid,
+            call, f, m, state, seed=int(seed) + i, masks=(fixed_mask, moving_mask), threads=threads,
+            field_grid=field_grid, binned=b,
         )
     return state
