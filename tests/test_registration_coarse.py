@@ -13,6 +13,7 @@ from lazyreg.registration import block_align
 from lazyreg.registration.blend import local_displacement
 from lazyreg.registration.block_align import coarse_crop
 from lazyreg.registration.coarse import COARSE_OPTIONS, coarse_field, coarse_options, coarse_stride
+from lazyreg.registration.steps import parse_steps
 from lazyreg.result_cache import Deferred, cache_info, clear_cache
 
 SHAPE = (64, 96, 96)
@@ -98,6 +99,34 @@ def test_blocks_choose_their_start_and_the_coarse_stage_lowers_their_error(pair,
     print(f"mean error (voxels): affine {e_affine:.3f}, blocks {e_off:.3f}, coarse + blocks {e_on:.3f}")
     assert e_on < 0.8 * e_off < e_affine
     assert e_on < 0.5
+
+
+def test_a_first_affine_of_several_levels_runs_its_first_level_from_both_starts_then_the_rest_once(monkeypatch):
+    fixed, moving, truth = lazyreg.data.synthetic_pair((32, 48, 48), seed=3, noise=0.02)
+    g = lazyreg.images.grid_of(fixed)
+    task = block_align.BlockTask((0, 0, 0), g, (), None, g.extent, (), 0.1, 0, False)
+    f = fixed.values.astype(np.float32)
+    mirrored = np.ascontiguousarray(moving.values[:, :, ::-1], dtype=np.float32)  # a worse start: mirrored
+    runs = [block_align._StepRunner(task, f, m, None, None, None) for m in (mirrored, moving.values.astype(np.float32))]
+    levels = []
+    real = block_align.run_steps
+
+    def spy(steps, *args, **kwargs):
+        levels.append(tuple(steps[0].options["shrink_factors"]))
+        return real(steps, *args, **kwargs)
+
+    monkeypatch.setattr(block_align, "run_steps", spy)
+    (call,) = parse_steps([("affine", {"shrink_factors": (4, 2)})])
+    run = block_align._better_start(runs, call, None)
+    assert levels == [(4,), (4,), (2,)]  # level 1 from each start, level 2 from the chosen one
+    assert run is runs[1]
+    # one row for the step: both parts' levels, seconds and check; the rest refined level 1's result
+    (st,) = run.rows
+    assert st["step"] == "affine" and st["kept"], st
+    assert [k for k in st["profile"] if k.startswith("level")] == ["level 1 (shrink 4)", "level 2 (shrink 2)"]
+    parts = st["profile"]["level 1 (shrink 4)"] + st["profile"]["level 2 (shrink 2)"] + st["profile"]["check"]
+    assert st["seconds"] >= parts - 1e-3
+    assert len(runs[0].rows) == 1 and st["metric"] >= runs[1].best > 0.5
 
 
 def test_a_block_from_the_coarse_start_maps_through_its_transform_then_the_coarse_field():

@@ -534,3 +534,18 @@ def test_block_rows_say_where_the_time_went():
         assert sum(v for k, v in demons["profile"].items() if k != "check") <= demons["seconds"] + 1e-3
         if ransac["profile"] is not None:  # ran (it may fail on a small block: then no profile)
             assert {"detect", "describe", "match"} <= set(ransac["profile"])
+
+
+def test_step_results_are_checked_on_every_other_voxel_of_the_warped_block():
+    rng = np.random.default_rng(0)
+    g = Grid((10, 12, 15), (2.0, 1.0, 1.0), origin=(5.0, -3.0, 0.0))
+    moving = rng.random(g.shape).astype(np.float32)
+    m = np.eye(4)
+    m[:3, :3] += rng.normal(0.0, 0.02, (3, 3))
+    m[:3, 3] = (0.5, -0.25, 0.3)
+    field = (rng.normal(0.0, 0.3, g.shape + (3,)).astype(np.float32), g)
+    assert block_align.CHECK_STRIDE == 2
+    check = Grid((5, 6, 8), (4.0, 2.0, 2.0), g.origin)
+    full = block_align._warped(moving, g, m, field, g)
+    np.testing.assert_allclose(block_align._warped(moving, g, m, field, check), full[::2, ::2, ::2], atol=1e-6)
+    assert block_align._checked(full).shape == check.shape

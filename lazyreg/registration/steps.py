@@ -42,7 +42,7 @@ from .itk_runner import deformable_field_grid
 from .search import random_affine_search, validate_search_options
 from .step_inputs import StepInputs, binned_options
 
-__all__ = ["Step", "StepCall", "STEPS", "register_step", "parse_steps", "run_steps", "field_step_grid"]
+__all__ = ["Step", "StepCall", "STEPS", "register_step", "parse_steps", "run_steps", "field_step_grid", "step_profile"]
 
 log = logging.getLogger(__name__)
 
@@ -430,3 +430,29 @@ def run_steps(
             field_grid=field_grid, binned=b,
         )
     return state
+
+
+def step_profile(report: dict) -> dict:
+    """Where a step spent its time, from its report: seconds per stage (``seconds_<stage>``
+    keys, e.g. ransac's detect / describe / match / ransac) and per level (ITK steps, demons),
+    the rest as ``other``.
+
+    Examples
+    --------
+    >>> step_profile({"seconds": 3.0, "levels": [{"shrink": 4, "seconds": 0.5}, {"shrink": 2, "seconds": 2.0}]})
+    {'level 1 (shrink 4)': 0.5, 'level 2 (shrink 2)': 2.0, 'other': 0.5}
+    >>> step_profile({"seconds": 1.0, "seconds_detect": 0.6, "seconds_match": 0.1, "seconds_total": 1.0})
+    {'detect': 0.6, 'match': 0.1, 'other': 0.3}
+    """
+    out: dict[str, float] = {}
+    for k, v in report.items():
+        if k.startswith("seconds_") and k != "seconds_total" and isinstance(v, (int, float)):
+            out[k[len("seconds_"):]] = round(float(v), 3)
+    for i, lv in enumerate(report.get("levels") or []):
+        if isinstance(lv, dict) and isinstance(lv.get("seconds"), (int, float)):
+            shrink = lv.get("shrink", lv.get("shrink_factor"))
+            out[f"level {i + 1}" + (f" (shrink {shrink})" if shrink is not None else "")] = round(float(lv["seconds"]), 3)
+    total = report.get("seconds", report.get("seconds_total"))
+    if isinstance(total, (int, float)) and out:
+        out["other"] = round(max(0.0, float(total) - sum(out.values())), 3)
+    return out
