@@ -16,10 +16,10 @@ demo: $(STAMP)
 	$(VENV)/bin/lazyreg demo -o lazyreg-demo-output --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=15
+	$(PY) -m pytest -n 2 --dist worksteal --durations=15
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -n 2 -m "not slow"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_apply.py
