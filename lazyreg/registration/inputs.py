@@ -23,7 +23,7 @@ from ..images import Grid, grid_of, image
 from ..io.source import find_source, read_region
 from ..result_cache import Ref
 
-__all__ = ["image_recipe", "single_chunk_recipe", "sample_recipe", "sample_boxes", "SAMPLE_BOX", "SAMPLE_BOXES"]
+__all__ = ["image_recipe", "in_memory", "single_chunk_recipe", "sample_recipe", "sample_boxes", "SAMPLE_BOX", "SAMPLE_BOXES"]
 
 #: Side (voxels) of the boxes a foreground sample is read from, and most boxes read.
 SAMPLE_BOX = 64
@@ -61,6 +61,27 @@ def image_recipe(img: xr.DataArray | None, deps: list, collections: list) -> Any
     collections.append(d)
     deps.append(d.key)
     return Ref(len(deps) - 1)
+
+
+def in_memory(img: xr.DataArray) -> xr.DataArray:
+    """``img`` in memory, now: a store-backed image read in one piece (as :func:`image_recipe`'s
+    recipe reads it), any other dask image computed.
+
+    Examples
+    --------
+    >>> import lazyreg
+    >>> from lazyreg.testing import counting_image
+    >>> img, log = counting_image(lazyreg.image(np.ones((8, 8, 8)), 1.0), chunks=(4, 4, 4))
+    >>> type(in_memory(img).data).__name__, len(log.reads)
+    ('ndarray', 1)
+    """
+    if not isinstance(img.data, da.Array):
+        return img
+    found = find_source(img)
+    if found is None:
+        return _in_memory(img)
+    source, start, step = found
+    return _store_image(source, start, step, tuple(slice(0, n) for n in img.shape), grid_of(img))
 
 
 def single_chunk_recipe(x: da.Array | None, deps: list, collections: list) -> Any:

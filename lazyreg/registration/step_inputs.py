@@ -14,7 +14,7 @@ gives each step its images:
   binned image is the binned image's block mean), so it never holds more than ``1 / b**3`` of
   the level; the report says ``binned: b``;
 * any other step gets them in memory, read once for all steps that need them (a store-backed
-  image in one piece, :func:`lazyreg.io.source.read_region`).
+  image in one piece, :func:`lazyreg.registration.inputs.in_memory`).
 
 In-memory images pass through unchanged: piecewise blocks, and ``align`` on in-memory levels,
 behave as before.
@@ -31,11 +31,11 @@ import numpy as np
 import xarray as xr
 
 from ..images import Grid, grid_of, image
-from ..io.source import find_source, read_region
 from .blob_chunks import binned_array, is_chunked
+from .inputs import in_memory
 from .itk_runner import level_plan
 
-__all__ = ["StepInputs", "binning_factor", "binned_options", "reads_in_chunks", "in_memory", "binned"]
+__all__ = ["StepInputs", "binning_factor", "binned_options", "reads_in_chunks", "binned"]
 
 #: Steps that run their levels on a binned image when every level is shrunk (see the module's doc).
 BINNABLE_STEPS = ("affine", "rigid")
@@ -99,27 +99,6 @@ def reads_in_chunks(calls: Sequence[Any], masks: Sequence[Any] = (None, None)) -
     return all(c.step.chunked or binning_factor(c.name, c.options, masks) > 1 for c in calls)
 
 
-def in_memory(img: xr.DataArray) -> xr.DataArray:
-    """``img`` in memory: a store-backed image read in one piece, any other dask image computed.
-
-    Examples
-    --------
-    >>> import lazyreg
-    >>> from lazyreg.testing import counting_image
-    >>> img, log = counting_image(lazyreg.image(np.ones((8, 8, 8)), 1.0), chunks=(4, 4, 4))
-    >>> type(in_memory(img).data).__name__, len(log.reads)
-    ('ndarray', 1)
-    """
-    if not isinstance(img.data, da.Array):
-        return img
-    found = find_source(img)
-    if found is None:
-        return img.compute()
-    source, start, step = found
-    g = grid_of(img)
-    return image(read_region(source, start, step, tuple(slice(0, n) for n in img.shape)), g.spacing, g.origin)
-
-
 def binned(img: xr.DataArray, b: int) -> xr.DataArray:
     """``img`` block-averaged by ``b`` per axis (float32), computed chunk by chunk; the voxel
     centres move to the blocks' centres.
@@ -163,9 +142,7 @@ class StepInputs:
 
     def images(self, call: Any) -> tuple[tuple[xr.DataArray, xr.DataArray], int]:
         """``((fixed, moving), b)`` for step ``call``: ``b`` > 1 when they are binned by ``b``."""
-        if not any(is_chunked(x) for x in self.given):
-            return self.given, 1
-        if call.step.chunked:
+        if call.step.chunked or not any(is_chunked(x) for x in self.given):
             return self.given, 1
         b = binning_factor(call.name, call.options, self.masks)
         if b not in self._made:
