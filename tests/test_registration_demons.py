@@ -94,6 +94,33 @@ def test_fast_symmetric_variant_and_histogram_matching(pair):
     assert _error_voxels(D, fixed, d, tissue).mean() < 0.6
 
 
+def test_a_brighter_round_is_mapped_linearly_by_default(pair):
+    """Moving 1.7x as bright + 40: the demons on raw intensities are pulled by the brightness
+    (measured 2.31 voxels mean error); moving mapped linearly onto fixed's mean and standard
+    deviation first (the default), 0.37."""
+    fixed, moving, A, d = pair
+    brighter = moving.copy(data=(moving.values.astype(np.float32) * 1.7 + 40).astype(np.uint16))
+    tissue = _tissue(fixed)
+    D = align_demons(fixed, brighter, initial=A, threads=2, **FINE)
+    raw = align_demons(fixed, brighter, initial=A, intensity="none", threads=2, **FINE)
+    assert D.report["intensity"] == "linear" and "intensity_map" not in raw.report
+    assert D.report["intensity_map"]["gain"] == pytest.approx(1 / 1.7, rel=0.1)
+    err, err_raw = _error_voxels(D, fixed, d, tissue).mean(), _error_voxels(raw, fixed, d, tissue).mean()
+    assert err < 0.6 and err_raw > 1.5, (err, err_raw)
+
+
+def test_the_intensity_maps_see_only_voxels_with_moving_data(pair):
+    """Moving covers a part of fixed (cropped along x): the fill beyond its edge does not enter
+    the linear map or the histogram matching (measured 0.34 voxel for both)."""
+    fixed, moving, A, d = pair
+    brighter = moving.copy(data=(moving.values.astype(np.float32) * 1.7 + 40).astype(np.uint16)).isel(x=slice(0, 36))
+    covered = _tissue(fixed)
+    covered[:, :, 26:] = False  # well inside moving's view
+    for intensity in ("linear", "match"):
+        D = align_demons(fixed, brighter, initial=A, intensity=intensity, threads=2, **FINE)
+        assert _error_voxels(D, fixed, d, covered).mean() < 0.6, intensity
+
+
 def test_local_contrast_follows_a_brightness_that_changes_across_the_volume(pair):
     """A light sheet dimming across moving (gain 1.6 -> 0.4 along x, 1.2 -> 0.8 along z): the raw demons and
     histogram matching (one mapping for the whole image) are pulled by the brightness; in local
@@ -136,6 +163,8 @@ def test_in_align_and_in_piecewise_blocks(pair):
     field = field.compute()
     rows = field.report
     assert {r["status"] for r in rows} == {"ok"} and all(r["steps"][0]["step"] == "demons" for r in rows)
+    # each block maps moving's brightness onto fixed's with its own gain (the pair's is 1)
+    assert all(0.8 < r["steps"][0]["intensity_map"]["gain"] < 1.25 for r in rows), [r["steps"][0].get("intensity_map") for r in rows]
     core = tissue.copy()
     core[:2], core[-2:], core[:, :4], core[:, -4:], core[..., :4], core[..., -4:] = (False,) * 6
     assert _error_voxels(field, fixed, d, core).mean() < 0.6

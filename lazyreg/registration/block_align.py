@@ -448,6 +448,8 @@ class _StepRunner:
         row["profile"] = step_profile(rep)
         if rep.get("inliers") is not None:
             self.inliers = rep["inliers"]
+        if rep.get("intensity_map"):
+            row["intensity_map"] = rep["intensity_map"]  # the demons' gain and offset in this block
         matrix = np.asarray(state["affine"].matrix, dtype=float)
         field = None if state["field"] is None else (np.asarray(state["field"].values, dtype=np.float32), self.task.field_grid)
         row["seconds"] = round(time.perf_counter() - t0, 3)
