@@ -52,21 +52,27 @@ __all__ = ["align_piecewise", "DEFAULT_STEPS", "DEFAULT_QUALITY", "QUALITIES", "
 
 #: Block steps by ``quality``, chosen by measurement (docs/from-bigstream.md, "Choosing a
 #: deformable step"; tutorial known truth, blocksize 128, 2 cores: mean error in voxels, wall s;
-#: real tutorial pair: foreground Pearson gain): "fast" - fast symmetric-forces demons, 20 + 10
-#: iterations (0.36 voxel, 22 s; +0.029); "balanced" - a B-spline (control points every 1/8 of the
-#: block's region, on the block shrunk by 2), then those demons refining it (0.26, 62 s; +0.036);
-#: "best" - a local affine, the B-spline, then diffeomorphic demons, 40 + 20 iterations (0.23, 88 s;
-#: +0.033). The local affine stops at half resolution (shrink 4, then 2): the B-spline and the
+#: real tutorial pair: Pearson where both images are tissue, 0.833 after the global affine): "fast"
+#: - fast symmetric-forces demons, 20 + 10 iterations (0.353 voxel, 15 s; 0.885); "balanced" - a
+#: B-spline (control points every 1/8 of the block's region, on the block shrunk by 2), then those
+#: demons refining it (0.259, 51 s; 0.884); "best" - a local affine, the B-spline, then
+#: diffeomorphic demons, 40 + 20 iterations (0.270, 88 s with the coarse stage; 0.890). The local affine stops at half resolution (shrink 4, then 2): the B-spline and the
 #: demons refine after it, and its full-resolution level changed nothing but the time (same run,
 #: with the coarse stage: tutorial 0.2264 -> 0.2269 voxel, phantom 0.1198 -> 0.1197, real pair
 #: Pearson 0.8738 -> 0.8735, blobs matched 34.5 % -> 35.2 %; wall -14 % to -28 %).
 _FAST_DEMONS = ("demons", {"variant": "fast_symmetric", "iterations": (20, 10)})
 _BSPLINE = ("deform", {"shrink_factors": (2,)})
 _LOCAL_AFFINE = ("affine", {"shrink_factors": (4, 2)})
+#: The default blocks' demons: the field smoothed less than the step's default (1.0 voxel of each
+#: level instead of 1.5). With moving's intensities mapped onto fixed's (the demons' default since
+#: 2026-12-02), same run, default blocks with the coarse stage: real tutorial pair Pearson where
+#: both are tissue 0.8858 (1.5) / 0.8878 (1.25) / 0.8902 (1.0); known-truth mean error, tutorial
+#: 0.226 / 0.241 / 0.270 voxel, phantom 0.108 / 0.111 / 0.118 (elastix 0.126, SimpleITK 0.309).
+_BEST_DEMONS = ("demons", {"smoothing": 1.0})
 QUALITIES: dict[str, tuple] = {
     "fast": (_FAST_DEMONS,),
     "balanced": (_BSPLINE, _FAST_DEMONS),
-    "best": (_LOCAL_AFFINE, _BSPLINE, ("demons", {})),
+    "best": (_LOCAL_AFFINE, _BSPLINE, _BEST_DEMONS),
 }
 #: The quality used when neither ``steps`` nor ``quality`` is given.
 DEFAULT_QUALITY = "best"
@@ -263,11 +269,12 @@ def align_piecewise(
     quality : {"best", "balanced", "fast"}, optional
         Chooses the steps when ``steps`` is not given (:data:`QUALITIES`; give one or the other).
         Default ``"best"``: a local affine, a B-spline, then diffeomorphic demons refining it.
-        Measured on the tutorial pair's known truth (16 M voxels, blocksize 128, 2 cores):
-        "best" 0.23 voxel mean error in 88 s (blocks alone; 0.226 in 121 s with the coarse stage
-        it runs by default, see ``coarse``), "balanced" (B-spline, then fast demons) 0.26 in
-        62 s, "fast" (fast demons alone) 0.36 in 22 s; whole-volume SimpleITK B-spline 0.31,
-        elastix 0.37, ANTs SyN 0.76.
+        Measured (16 M voxels, blocksize 128, 2 cores; benchmarks/README.md, eleventh session):
+        tutorial known truth, mean error / wall: "best" 0.270 voxel / 88 s (with the coarse stage
+        it runs by default, see ``coarse``), "balanced" (B-spline, then fast demons) 0.259 / 51 s,
+        "fast" (fast demons alone) 0.353 / 15 s; whole-volume SimpleITK B-spline 0.309, elastix
+        0.373, ANTs SyN 0.740. Real tutorial pair, Pearson where both images are tissue: 0.890,
+        0.884, 0.885; ANTs SyN 0.890, elastix 0.869.
     coarse : bool, dict or None
         None (default): True with the default steps (``quality="best"``), False with
         ``quality="balanced" | "fast"`` or ``steps`` of your own.
@@ -278,10 +285,11 @@ def align_piecewise(
         static transforms alone and from them and the coarse field, and goes on from the better
         (its row's ``start``); the returned field contains the coarse field where blocks kept it.
         It constrains blocks near the moving image's edge and blocks with little structure.
-        Known truth ("best" steps): phantom 0.170 -> 0.120 voxel (elastix 0.126), tutorial 0.229
-        -> 0.226; real tutorial pair: overlap Pearson 0.8805 -> 0.8810. It costs a whole-image
-        registration first (tutorial lowres: about 10 s) and a second first step per block
-        (tutorial known truth: +23 % wall), hence not with the faster presets. False: the blocks
+        Known truth ("best" steps, blocks alone -> with it): phantom 0.174 -> 0.118 voxel
+        (elastix 0.126), tutorial 0.270 -> 0.270; real tutorial pair, Pearson where both images
+        are tissue, 0.8898 -> 0.8902. It costs a whole-image registration first (tutorial lowres:
+        about 10 s) and a second first step per block (tutorial known truth: +11 % wall), hence
+        not with the faster presets. False: the blocks
         alone. A dict sets its ``"deform"`` options
         (:data:`~lazyreg.registration.coarse.COARSE_OPTIONS`). Left out when
         ``static_transforms`` hold a displacement field, for a single block, or when the image is
