@@ -30,8 +30,8 @@ MAP_BIN = 4
 
 def _bin_means(values: np.ndarray, k: int) -> np.ndarray:
     shape = [n // k * k for n in values.shape]
-    v = np.asarray(values, dtype=np.float64)[: shape[0], : shape[1], : shape[2]]
-    return v.reshape(shape[0] // k, k, shape[1] // k, k, shape[2] // k, k).mean(axis=(1, 3, 5))
+    v = np.asarray(values)[: shape[0], : shape[1], : shape[2]]  # no float64 copy of the whole array
+    return v.reshape(shape[0] // k, k, shape[1] // k, k, shape[2] // k, k).mean(axis=(1, 3, 5), dtype=np.float64)
 
 
 def linear_map(
