@@ -113,8 +113,8 @@ def as_volume(values: Any, name: str) -> np.ndarray:
     return v
 
 
-def bin_mean(v: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """Block means (float32) by integer factors; a partial block at the far end is dropped.
+def bin_mean(v: np.ndarray, factors: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """Block means (float32, or ``dtype``) by integer factors; a partial block at the far end is dropped.
 
     Block ``i`` of an axis with factor ``f`` has its centre at full-resolution index
     ``i * f + (f - 1) / 2``.
@@ -131,15 +131,15 @@ def bin_mean(v: np.ndarray, factors: np.ndarray) -> np.ndarray:
             sl[ax] = slice(r, full, f)
             return out[tuple(sl)]
 
-        acc = part(0).astype(np.float32)
+        acc = part(0).astype(dtype)
         for r in range(1, f):
             acc += part(r)
         out = acc
     if out is v:
-        return np.asarray(v, dtype=np.float32)
+        return np.asarray(v, dtype=dtype)
     n = int(np.prod(factors))
     if n > 1:
-        out *= np.float32(1.0 / n)
+        out *= dtype(1.0 / n)
     return out
 
 

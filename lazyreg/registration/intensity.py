@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .blobs import bin_mean
+
 __all__ = ["MAP_BIN", "linear_map", "matched_histogram"]
 
 #: :func:`linear_map` measures the two images' statistics on means of ``MAP_BIN``^3 voxels: the
@@ -26,12 +28,6 @@ __all__ = ["MAP_BIN", "linear_map", "matched_histogram"]
 #: tutorial pair (equal brightness) the voxels' standard deviations gave a gain of 1.025 and a
 #: mean error of 0.39 voxel after the demons, the 4^3 means 1.003 and 0.32 (0.33 with no map).
 MAP_BIN = 4
-
-
-def _bin_means(values: np.ndarray, k: int) -> np.ndarray:
-    shape = [n // k * k for n in values.shape]
-    v = np.asarray(values)[: shape[0], : shape[1], : shape[2]]  # no float64 copy of the whole array
-    return v.reshape(shape[0] // k, k, shape[1] // k, k, shape[2] // k, k).mean(axis=(1, 3, 5), dtype=np.float64)
 
 
 def linear_map(
@@ -73,9 +69,11 @@ def linear_map(
         raise ValueError(f"linear_map: fixed {f.shape} and moving {m.shape} differ in shape")
     ok = np.isfinite(m) if valid is None else np.asarray(valid, dtype=bool) & np.isfinite(m)
     m = np.where(ok, m, 0.0)
-    wb = _bin_means(ok, bin_size) == 1 if min(f.shape) >= bin_size else np.zeros((0,), bool)
+    k = (bin_size,) * 3
+    # bins whose voxels are all valid (a bin with one invalid voxel has a mean of 1 - 1 / k^3 at most)
+    wb = bin_mean(ok, k) > 1 - 0.5 / bin_size**3 if min(f.shape) >= bin_size else np.zeros((0,), bool)
     if int(wb.sum()) >= 8:
-        fs, ms = _bin_means(f, bin_size)[wb], _bin_means(m, bin_size)[wb]
+        fs, ms = bin_mean(f, k, np.float64)[wb], bin_mean(m, k, np.float64)[wb]
     else:
         fs, ms = np.asarray(f, np.float64)[ok], np.asarray(m, np.float64)[ok]
     sf, sm = (float(fs.std()), float(ms.std())) if fs.size else (0.0, 0.0)
