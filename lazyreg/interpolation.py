@@ -22,7 +22,11 @@ _INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkB
 
 
 #: Pixel types SimpleITK images hold as they are (others are converted to float before resampling).
-_SITK_PIXEL_TYPES = frozenset(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64))
+_SITK_PIXEL_TYPES = {
+    np.dtype(t): getattr(sitk, "sitk" + n)
+    for t, n in [(np.uint8, "UInt8"), (np.int8, "Int8"), (np.uint16, "UInt16"), (np.int16, "Int16"), (np.uint32, "UInt32"),
+                 (np.int32, "Int32"), (np.float32, "Float32"), (np.float64, "Float64")]
+}
 
 
 def _to_sitk_transform(steps: list[tuple[str, Any, Any]]) -> sitk.Transform:
@@ -86,7 +90,9 @@ def resample_array(
     work = np.float64 if values.dtype == np.float64 or wide else np.float32
     if values.dtype not in _SITK_PIXEL_TYPES:
         values = values.astype(work)
-    img = sitk.GetImageFromArray(np.ascontiguousarray(values))
+    # the region (often a strided view) copied once, straight into the ITK image's buffer
+    img = sitk.Image([int(n) for n in values.shape[::-1]], _SITK_PIXEL_TYPES[values.dtype])
+    _array_of(img)[...] = values
     img.SetSpacing(values_grid.spacing[::-1])
     img.SetOrigin(values_grid.origin[::-1])
     f = sitk.ResampleImageFilter()

@@ -11,7 +11,7 @@ between workers and spilled (issue 14: 1.86 GiB held and 1.14 GiB spilled for a 
 :class:`GraphSource` makes such an image a :class:`lazyreg.io.source.Source` instead: reading a
 region computes, inside the task and with dask's synchronous scheduler, only the moving blocks
 that the region intersects (and what they depend on). Wrapped in the per-process
-:class:`lazyreg.io.source.ChunkCache` like a store, each block is usually computed about once per
+:class:`lazyreg.io.chunk_cache.ChunkCache` like a store, each block is usually computed about once per
 process while the tasks that share it run. The values are those of the graph (the same functions
 on the same inputs), so the result is bit-identical to the chunk-dependency path.
 
@@ -37,7 +37,8 @@ except ImportError:  # pragma: no cover
     DataNode = GraphNode = ()  # type: ignore[assignment,misc]
 
 from .images import Grid, grid_of
-from .io.source import Source, chunk_cache_bytes
+from .io.chunk_cache import chunk_cache_bytes
+from .io.source import Source
 
 __all__ = ["GraphSource", "graph_source", "GRAPH_DATA_BYTES"]
 
@@ -52,7 +53,7 @@ class GraphSource(Source):
     ``read(index)`` computes ``array[index]`` with dask's synchronous scheduler, in the calling
     thread (inside a task on a distributed worker), so only the blocks that ``index`` intersects
     and their dependencies run, and nothing is held once the region is returned.
-    ``block_bounds`` gives :class:`lazyreg.io.source.ChunkCache` the dask blocks (possibly
+    ``block_bounds`` gives :class:`lazyreg.io.chunk_cache.ChunkCache` the dask blocks (possibly
     unequal) to cache whole.
 
     Parameters
@@ -132,7 +133,7 @@ def graph_source(moving: xr.DataArray) -> tuple[GraphSource, tuple[int, int, int
     the whole image: start 0, step 1), or ``None`` when ``moving`` is in memory, or its graph
     holds more than :data:`GRAPH_DATA_BYTES` of data (arrays embedded in the graph) or futures of
     a cluster (a persisted image), or its blocks are too large for the chunk cache (over a quarter
-    of :func:`lazyreg.io.source.chunk_cache_bytes`): such blocks would be computed again by every
+    of :func:`lazyreg.io.chunk_cache.chunk_cache_bytes`): such blocks would be computed again by every
     task that reads them, so they stay task dependencies, computed once.
 
     Examples

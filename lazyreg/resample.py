@@ -29,6 +29,7 @@ from __future__ import annotations
 import operator
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -39,8 +40,10 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 from .errors import LazyregError, LazyregWarning
+from .assembly import threaded_assembly
 from .images import Grid, grid_of, in_memory, single_block, validate_image
-from .io.source import ChunkCache, chunk_cache_bytes, find_source, read_region
+from .io.chunk_cache import ChunkCache, chunk_cache_bytes
+from .io.source import find_source, read_region, region_index
 from .interpolation import cast_to, resample_array
 from .moving_regions import graph_source
 from .regions import ChunkRefs, affine_box, chunk_groups, field_box, index_region, sub_grid
@@ -386,7 +389,7 @@ def apply_transform(
     region_bound = None if resident else max_region_bytes()  # in memory already: no bound to keep
     prepared = _prepare(transforms, _check_max_displacement(max_displacement))
 
-    # in memory: one block (dask's snapshot copy of it); a task's region is a view of it, not an assembled copy
+    # in memory: one block (the array itself, not copied); a task's region is a view of it, not an assembled copy
     mov_arr = single_block(moving.data)
     source = find_source(moving)
     # a dask graph without a store: blocks computed where read
@@ -405,7 +408,6 @@ def apply_transform(
     if in_task is not None:  # one reader per process, shared by the tasks that read regions (see ChunkCache)
         cache_bytes = chunk_cache_bytes()
         src_key = "lazyreg-source-" + tokenize(in_task[0].token(), in_task[1], in_task[2], cache_bytes)
-        dsk[src_key] = (ChunkCache, in_task[0], cache_bytes)
     else:
         deps.append(mov_arr)
     task_name = name if factor == 1 else name + "-group"
@@ -434,16 +436,29 @@ def apply_transform(
                 deps.append(whole_arr)
             plan.moving_refs = whole_moving
             dsk[key] = (_resample_chunk, plan, whole_moving.keys, *dep_keys)
-    if src_key is not None and not any(isinstance(t[2], str) and t[2] == src_key for t in dsk.values() if len(t) > 2):
-        del dsk[src_key]  # no task reads a region (all map outside moving, or need it whole)
+    if src_key is not None and (reader := _reader_task(in_task[0], cache_bytes, dsk.values(), src_key)) is not None:
+        dsk[src_key] = reader
     if factor > 1:  # every chunk cut from its group's array
         dsk.update({(name, *c): (operator.getitem, (task_name, *i), sl) for i, _, parts in groups for c, sl in parts})
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
-    arr = da.Array(graph, name, chunks=out_chunks, meta=np.empty((0, 0, 0), dtype=dtype))
+    # .compute() puts the chunks together with several threads (the copy is otherwise a serial tail)
+    arr = threaded_assembly(da.Array(graph, name, chunks=out_chunks, meta=np.empty((0, 0, 0), dtype=dtype)))
     out = xr.DataArray(arr, dims=fixed.dims, coords={d: fixed.coords[d].values for d in fixed.dims}, name=moving.name)
     # the moving image's attrs and name are kept (channel, acquisition metadata ...); the grid is the fixed one
     out.attrs.update({**moving.attrs, "spacing": g_out.spacing, "units": moving.attrs.get("units", fixed.attrs.get("units", "micrometer"))})
     return out
+
+
+def _reader_task(source: Any, cache_bytes: int, tasks: Any, src_key: str) -> tuple | None:
+    """The graph's reader task: a ChunkCache told how many of the tasks will read each store chunk
+    (those whose region is known now), so that it drops each chunk after its last read. None when
+    no task reads a region (all map outside moving, or need it whole)."""
+    plans = [t[1] for t in tasks if len(t) > 2 and isinstance(t[2], str) and t[2] == src_key]
+    if not plans:
+        return None
+    cache = ChunkCache(source, cache_bytes)  # reads nothing: here for its chunk_ids
+    reads = Counter(ids for p in plans if p.region is not None for ids in cache.chunk_ids(region_index(*p.source, p.region)))
+    return (ChunkCache, source, cache_bytes, dict(reads))
 
 
 def _whole_moving_refs(mov_arr: da.Array, moving: xr.DataArray) -> tuple[da.Array, ChunkRefs]:

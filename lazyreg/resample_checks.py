@@ -18,7 +18,7 @@ from dask.utils import format_bytes
 
 from .errors import LazyregError, LazyregWarning
 from .images import Grid
-from .io.source import chunk_cache_bytes
+from .io.chunk_cache import chunk_cache_bytes
 from .transforms.affine import Affine
 from .validation import MAX_CONDITION, affine_condition, config_number
 
@@ -251,7 +251,11 @@ def check_moving_values(values: np.ndarray, order: int, region: Sequence[slice] 
     """
     if not np.issubdtype(values.dtype, np.floating) or values.size == 0:
         return
-    lo, hi = values.min(), values.max()  # no temporary; NaN propagates
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(values, axis=None)  # one pass, no temporary: NaN and inf propagate
+    if math.isfinite(total):
+        return
+    lo, hi = values.min(), values.max()  # (the sum also overflows for large finite values)
     if math.isfinite(lo) and math.isfinite(hi):
         return
     where = "" if region is None else " (in moving voxels " + ", ".join(

@@ -534,6 +534,14 @@ def test_nan_with_linear_interpolation_stays_local_and_chunk_independent():
     assert 1 <= np.isnan(whole).sum() <= 8
 
 
+def test_large_finite_moving_values_are_not_taken_for_infinite():
+    """The check for infinite values sums each region (one pass); a sum that overflows float32
+    must not make finite values an error."""
+    big = np.full((8, 8, 8), 3e38, np.float32)
+    out = apply(_img(big), transforms=[Affine.from_translation(0.5)], compute=True).values
+    assert np.isfinite(out).all() and out.max() == pytest.approx(3e38, rel=1e-6)
+
+
 def test_a_store_backed_moving_image_with_a_lazy_affine_checks_its_region_in_the_task(tmp_path):
     """With a lazy transform the region is known only in the task: it is checked before reading."""
     lazyreg.to_zarr(lazyreg.image(np.zeros((64, 64, 64), np.uint16), 1.0), tmp_path / "m.ome.zarr")

@@ -15,12 +15,10 @@ import xarray as xr
 import lazyreg
 from lazyreg import LazyregError
 from lazyreg.images import Grid
+from lazyreg.io.chunk_cache import CHUNK_CACHE_BYTES, ChunkCache, chunk_cache_bytes
 from lazyreg.io.source import (
-    CHUNK_CACHE_BYTES,
-    ChunkCache,
     HandleSource,
     Source,
-    chunk_cache_bytes,
     find_source,
     from_source,
     read_region,
@@ -205,6 +203,39 @@ def test_chunk_cache_evicts_the_least_recently_used_chunk_at_max_bytes():
     assert log.reads == []  # still cached
     cache.read(_chunk_region((0, 0, 1)))
     assert log.reads == [_chunk_region((0, 0, 1))]  # evicted, so decoded again
+
+
+def test_chunk_cache_chunk_ids_are_the_chunks_a_read_touches():
+    _, src, log = _store()
+    cache = ChunkCache(src, max_bytes=64 * CHUNK_BYTES)
+    assert cache.chunk_ids((slice(0, 8), slice(7, 9), slice(27, 28))) == [(0, 0, 3), (0, 1, 3)]
+    assert cache.chunk_ids((slice(None), slice(0, 1), slice(0, 1))) == [(0, 0, 0), (1, 0, 0), (2, 0, 0)]
+    assert cache.chunk_ids((slice(3, 3), slice(0, 8), slice(0, 8))) == []
+    cache[2:17:5, 7:9, 27]  # a stepped read touches the chunks of its bounding box
+    assert sorted(map(str, log.reads)) == sorted(str(_chunk_region(i)) for i in cache.chunk_ids((slice(2, 17), slice(7, 9), slice(27, 28))))
+
+
+def test_chunk_cache_evicts_chunks_whose_planned_reads_are_done_first():
+    """With planned reads, a full cache drops a chunk nobody will read again before an older one
+    still wanted; plain LRU would drop the older one and decode it again."""
+    _, src, log = _store()
+    first = [(0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 0)]
+
+    def rereads_of_the_oldest(cache):
+        log.clear()
+        for ids in first:
+            cache.read(_chunk_region(ids))
+        cache.read(_chunk_region((0, 0, 1)))  # (0, 0, 1): its second planned read, the last
+        cache.read(_chunk_region((1, 1, 1)))  # a fifth chunk: LRU drops (0, 0, 0), the plan (0, 0, 1)
+        np.testing.assert_array_equal(cache.read(_chunk_region((0, 0, 0))), VALUES[_chunk_region((0, 0, 0))])
+        assert len(log.reads) == 5 + (log.reads.count(_chunk_region((0, 0, 0))) - 1)
+        return log.reads.count(_chunk_region((0, 0, 0))) - 1
+
+    plan = {ids: 2 for ids in first} | {(1, 1, 1): 1}
+    assert rereads_of_the_oldest(ChunkCache(src, max_bytes=4 * CHUNK_BYTES)) == 1
+    planned = ChunkCache(src, max_bytes=4 * CHUNK_BYTES, uses=plan)
+    assert rereads_of_the_oldest(planned) == 0
+    assert rereads_of_the_oldest(pickle.loads(pickle.dumps(ChunkCache(src, 4 * CHUNK_BYTES, plan)))) == 0  # the plan travels
 
 
 def test_chunk_cache_reads_directly_when_chunks_are_too_large():

@@ -6,8 +6,8 @@ it needs (because the region depends on transform values computed in the same gr
 region itself, from a worker, without the graph depending on every chunk. :func:`find_source`
 recovers the source of an image and checks that the image is still a pure selection of it;
 :func:`read_region` is what such a task calls, and :func:`region_array` wraps one region read in a
-single-task dask array. :class:`ChunkCache` keeps decoded chunks for tasks whose regions overlap;
-:class:`HandleSource` is the base of sources that read through a handle opened lazily (zarr, TIFF).
+single-task dask array (:class:`lazyreg.io.chunk_cache.ChunkCache` keeps decoded chunks for tasks
+whose regions overlap). :class:`HandleSource` is the base of sources that read through a handle opened lazily (zarr, TIFF).
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-import itertools
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,18 +27,14 @@ from dask.highlevelgraph import HighLevelGraph
 
 from ..errors import LazyregError
 from ..images import Grid, image
-from ..validation import config_number
 from .selection import store_indices
 
 __all__ = [
-    "file_stamp","Source", "ChunkCache", "chunk_cache_bytes", "from_source", "find_source", "read_region", "region_array"]
+    "file_stamp", "Source", "from_source", "find_source", "read_region", "region_index", "region_array"]
 
 _NAME_PREFIX = "lazyreg-read-"
 # Graph layers that only select or re-chunk data: the values at a physical point are unchanged.
 _SELECTION_PREFIXES = ("getitem-", "rechunk-")
-#: Default of the most bytes of decoded chunks a :class:`ChunkCache` keeps (one per graph and
-#: process); dask config ``lazyreg.chunk-cache-bytes`` overrides it (see :func:`chunk_cache_bytes`).
-CHUNK_CACHE_BYTES = 128 * 2**20
 
 
 class Source(abc.ABC):
@@ -136,113 +129,6 @@ class HandleSource(Source):
         state = self.__dict__.copy()
         state.pop("_handle", None)  # reopened lazily in the worker
         return state
-
-
-class ChunkCache(Source):
-    """A source that reads whole native chunks of another and keeps the last ones decoded.
-
-    Regions read by neighbouring tasks overlap, and a compressed chunk is decoded whole whatever
-    part of it is wanted; with the cache each chunk is decoded about once while the tasks that
-    share it run. At most ``max_bytes`` of chunks are kept (least recently used dropped first);
-    a source whose chunks are larger than a quarter of that is read directly, region by region.
-    It is meant to be created by a graph task, so that it lives while that graph runs (one per
-    process: a copy sent to another worker starts empty). Threads asking for the same chunk at
-    once wait for the one that decodes it.
-
-    Parameters
-    ----------
-    inner : Source
-        The source read, a whole native chunk at a time (its ``chunks``, or the per-axis chunk
-        boundaries in ``inner.block_bounds`` when it has them, e.g. unequal dask blocks).
-    max_bytes : int, optional
-        Most bytes of decoded chunks kept; default :func:`chunk_cache_bytes`.
-
-    Examples
-    --------
-    >>> import numpy as np, lazyreg
-    >>> from lazyreg.io.source import ChunkCache, find_source
-    >>> from lazyreg.testing import counting_image
-    >>> img, log = counting_image(lazyreg.image(np.zeros((32, 32, 32)), spacing=1.0), chunks=(16, 16, 16))
-    >>> cache = ChunkCache(find_source(img)[0], max_bytes=2**20)
-    >>> a, b = cache[0:4, 0:4, 0:4], cache[4:8, 0:4, 0:4]  # both inside the first chunk
-    >>> log.reads  # that chunk was read once, whole
-    [(slice(0, 16, None), slice(0, 16, None), slice(0, 16, None))]
-    """
-
-    def __init__(self, inner: Source, max_bytes: int | None = None):
-        self.inner = inner
-        self.grid, self.dtype, self.chunks = inner.grid, np.dtype(inner.dtype), tuple(inner.chunks)
-        self.max_bytes = chunk_cache_bytes() if max_bytes is None else int(max_bytes)
-        # chunk boundaries per axis: regular from ``chunks``, or the source's own (e.g. dask blocks)
-        bounds = getattr(inner, "block_bounds", None) or [np.r_[0:n:c, n] for n, c in zip(self.shape, self.chunks)]
-        self._bounds = [np.asarray(b, dtype=np.int64) for b in bounds]
-        largest = int(np.prod([np.diff(b).max() if len(b) > 1 else 0 for b in self._bounds]))
-        self._direct = largest * self.dtype.itemsize > self.max_bytes // 4  # chunks too big to cache
-        self._blocks: OrderedDict = OrderedDict()
-        self._nbytes = 0
-        self._lock = threading.Lock()
-        self._reading: dict = {}  # chunk ids -> Event set when the thread reading it is done
-
-    def __reduce__(self) -> Any:
-        return (ChunkCache, (self.inner, self.max_bytes))
-
-    def token(self) -> str:
-        return self.inner.token()
-
-    def _chunk(self, ids: tuple[int, ...]) -> np.ndarray:
-        while True:
-            with self._lock:
-                block = self._blocks.get(ids)
-                if block is not None:
-                    self._blocks.move_to_end(ids)
-                    return block
-                busy = self._reading.get(ids)
-                if busy is None:  # this thread reads it; others wanting it wait
-                    busy = self._reading[ids] = threading.Event()
-                    break
-            busy.wait()
-        try:
-            index = tuple(slice(int(b[i]), int(b[i + 1])) for i, b in zip(ids, self._bounds))
-            block = np.asarray(self.inner.read(index))
-            with self._lock:
-                self._blocks[ids] = block
-                self._nbytes += block.nbytes
-                while self._nbytes > self.max_bytes and len(self._blocks) > 1:
-                    self._nbytes -= self._blocks.popitem(last=False)[1].nbytes
-        finally:
-            with self._lock:
-                self._reading.pop(ids).set()
-        return block
-
-    def read(self, index: tuple[slice, slice, slice]) -> np.ndarray:
-        if self._direct:
-            return self.inner.read(index)
-        out = np.empty(tuple(s.stop - s.start for s in index), dtype=self.dtype)
-        ranges = [range(int(np.searchsorted(b, s.start, "right")) - 1, int(np.searchsorted(b, s.stop - 1, "right")))
-                  if s.stop > s.start else range(0) for s, b in zip(index, self._bounds)]
-        for ids in itertools.product(*ranges):
-            block = self._chunk(ids)
-            lo = [int(b[i]) for i, b in zip(ids, self._bounds)]
-            dst = tuple(slice(max(s.start, a) - s.start, min(s.stop, a + b) - s.start) for s, a, b in zip(index, lo, block.shape))
-            src = tuple(slice(max(s.start, a) - a, min(s.stop, a + b) - a) for s, a, b in zip(index, lo, block.shape))
-            out[dst] = block[src]
-        return out
-
-
-def chunk_cache_bytes() -> int:
-    """Bytes a :class:`ChunkCache` may hold: dask config ``lazyreg.chunk-cache-bytes`` (an int or a
-    string such as ``"512 MiB"``), else :data:`CHUNK_CACHE_BYTES`.
-
-    Read when a graph is built, so the value travels with the graph to distributed workers.
-
-    Examples
-    --------
-    >>> import dask
-    >>> with dask.config.set({"lazyreg.chunk-cache-bytes": "512 MiB"}):
-    ...     chunk_cache_bytes()
-    536870912
-    """
-    return config_number("lazyreg.chunk-cache-bytes", CHUNK_CACHE_BYTES)
 
 
 def from_source(
@@ -375,8 +261,18 @@ def read_region(
     >>> log.reads  # rows 2, 4 of the store's y axis, read as one box
     [(slice(2, 4, None), slice(2, 5, None), slice(0, 8, None))]
     """
-    index = tuple(slice(a + s.start * b, a + (s.stop - 1) * b + 1, b) for s, a, b in zip(region, start, step))
-    return source[index]
+    return source[region_index(start, step, region)]
+
+
+def region_index(start: Sequence[int], step: Sequence[int], region: Sequence[slice]) -> tuple[slice, ...]:
+    """The slices of the store that :func:`read_region` reads for ``region`` of ``source[start::step]``.
+
+    Examples
+    --------
+    >>> region_index((2, 0, 0), (1, 2, 1), (slice(0, 2), slice(1, 3), slice(0, 8)))
+    (slice(2, 4, 1), slice(2, 5, 2), slice(0, 8, 1))
+    """
+    return tuple(slice(a + s.start * b, a + (s.stop - 1) * b + 1, b) for s, a, b in zip(region, start, step))
 
 
 def _normalize_region(region: Any, shape: Sequence[int]) -> tuple[slice, ...]:
