@@ -103,7 +103,10 @@ def resample_array(
     f.SetInterpolator(_INTERPOLATORS[order])
     f.SetDefaultPixelValue(float(fill_value))
     f.SetOutputPixelType(sitk.sitkFloat64 if work == np.float64 else sitk.sitkFloat32)
+    # work units, not threads, bound ITK's threads: ITK's pool otherwise splits the call over all
+    # the process's default threads, and the tasks dask runs at once oversubscribe the cores
     f.SetNumberOfThreads(int(threads))
+    f.SetNumberOfWorkUnits(int(threads))
     res_img = f.Execute(img)
     if dtype == work:
         return _array_of(res_img)  # ITK's buffer itself, no copy
