@@ -385,9 +385,8 @@ def run_profile(work: Path, n: int) -> dict:
     wrap(ZarrSource, "read", "  of which read moving chunk (zarr read + decompress)")
     import lazyreg.interpolation as I
 
-    wrap(R, "resample_array", "resample_array (total: cast, ITK, cast back)")
+    wrap(R, "resample_array", "resample_array (total: region into ITK, ITK, cast back)")
     wrap(sitk.ResampleImageFilter, "Execute", "  of which ITK ResampleImageFilter.Execute")
-    wrap(sitk, "GetImageFromArray", "  of which GetImageFromArray")
     wrap(I, "cast_to", "  of which rint/clip/astype to uint16")
     wrap(zarr.Array, "__setitem__", "write output chunk (compress + zarr write)")
 
