@@ -30,8 +30,9 @@ What is measured (default size 512^3 uint16, 128^3 chunks, linear interpolation)
 Every case runs in its own subprocess (so its peak RSS, the kernel's high-water mark, is its own),
 and the cases are interleaved over ``--rounds`` rounds; before timing, each process runs one
 tiny resampling with lazyreg and one with SimpleITK (one-time imports and first-call costs of a
-session: the first ``dask.compute`` of a process imports ``distributed``, ~0.3 s); the tables give medians, and the ratios are
-computed per round (cases of one round run back to back) and summarised by their median.
+session: the first ``dask.compute`` of a process imports ``distributed``, ~0.3 s). The tables
+give medians, and the ratios are computed per round (cases of one round run back to back) and
+summarised by their median.
 
 Usage::
 

@@ -76,6 +76,7 @@ def assemble_chunks(nested: Any) -> np.ndarray:
 
 
 def _finalize(results: Any) -> np.ndarray:
+    """dask's finalisation step for :class:`_ThreadAssembled` (a module function: picklable)."""
     return assemble_chunks(results)
 
 

@@ -11,8 +11,8 @@ between workers and spilled (issue 14: 1.86 GiB held and 1.14 GiB spilled for a 
 :class:`GraphSource` makes such an image a :class:`lazyreg.io.source.Source` instead: reading a
 region computes, inside the task and with dask's synchronous scheduler, only the moving blocks
 that the region intersects (and what they depend on). Wrapped in the per-process
-:class:`lazyreg.io.chunk_cache.ChunkCache` like a store, each block is usually computed about once per
-process while the tasks that share it run. The values are those of the graph (the same functions
+:class:`lazyreg.io.chunk_cache.ChunkCache` like a store, each block is usually computed about
+once per process while the tasks that share it run. The values are those of the graph (the same functions
 on the same inputs), so the result is bit-identical to the chunk-dependency path.
 
 :func:`graph_source` decides when this applies: a dask graph that holds no data itself. Graphs that
@@ -133,8 +133,8 @@ def graph_source(moving: xr.DataArray) -> tuple[GraphSource, tuple[int, int, int
     the whole image: start 0, step 1), or ``None`` when ``moving`` is in memory, or its graph
     holds more than :data:`GRAPH_DATA_BYTES` of data (arrays embedded in the graph) or futures of
     a cluster (a persisted image), or its blocks are too large for the chunk cache (over a quarter
-    of :func:`lazyreg.io.chunk_cache.chunk_cache_bytes`): such blocks would be computed again by every
-    task that reads them, so they stay task dependencies, computed once.
+    of :func:`lazyreg.io.chunk_cache.chunk_cache_bytes`): such blocks would be computed again by
+    every task that reads them, so they stay task dependencies, computed once.
 
     Examples
     --------

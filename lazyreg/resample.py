@@ -39,8 +39,8 @@ import xarray as xr
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from .errors import LazyregError, LazyregWarning
 from .assembly import threaded_assembly
+from .errors import LazyregError, LazyregWarning
 from .images import Grid, grid_of, in_memory, single_block, validate_image
 from .io.chunk_cache import ChunkCache, chunk_cache_bytes
 from .io.source import find_source, read_region, region_index
@@ -328,7 +328,8 @@ def apply_transform(
         The image to resample, lazy or in memory, on its own grid. Dims ``(z, y, x)``, or with
         leading non-spatial dims (e.g. ``(c, z, y, x)``, ``(t, c, z, y, x)``): every channel /
         time point is resampled through the same transforms (one task per output chunk per
-        channel, each reading only its channel), non-spatial coordinates kept.
+        channel, each reading only its channel), non-spatial coordinates kept. An in-memory
+        array is not copied: it is read when the result is computed.
     transforms : Affine, DisplacementField or sequence of them
         Concrete or lazy (dask-backed) transforms; empty means identity.
     order : {0, 1, 3}
@@ -357,8 +358,9 @@ def apply_transform(
 
     Notes
     -----
-    Interpolation runs in SimpleITK inside each task, with ITK threads set so that the tasks dask
-    runs at once do not oversubscribe the cores. Cubic interpolation prefilters each task's region
+    Interpolation runs in SimpleITK inside each task, with ITK threads (work units) set so that
+    the tasks dask runs at once do not oversubscribe the cores. ``.compute()`` of the result puts
+    its chunks together with several threads (:mod:`lazyreg.assembly`). Cubic interpolation prefilters each task's region
     with a margin of ``MARGIN[3]`` voxels. See ``docs/design.md`` for lazy transforms.
 
     Examples
@@ -451,8 +453,8 @@ def apply_transform(
 
 def _reader_task(source: Any, cache_bytes: int, tasks: Any, src_key: str) -> tuple | None:
     """The graph's reader task: a ChunkCache told how many of the tasks will read each store chunk
-    (those whose region is known now), so that it drops each chunk after its last read. None when
-    no task reads a region (all map outside moving, or need it whole)."""
+    (those whose region is known now), so that, when full, it evicts first the chunks nobody reads
+    again. None when no task reads a region (all map outside moving, or need it whole)."""
     plans = [t[1] for t in tasks if len(t) > 2 and isinstance(t[2], str) and t[2] == src_key]
     if not plans:
         return None

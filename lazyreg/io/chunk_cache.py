@@ -29,8 +29,9 @@ class ChunkCache(Source):
 
     Regions read by neighbouring tasks overlap, and a compressed chunk is decoded whole whatever
     part of it is wanted; with the cache each chunk is decoded about once while the tasks that
-    share it run. At most ``max_bytes`` of chunks are kept (least recently used dropped first);
-    a source whose chunks are larger than a quarter of that is read directly, region by region.
+    share it run. At most ``max_bytes`` of chunks are kept (least recently used dropped first,
+    those with planned reads left last: see ``uses``); a source whose chunks are larger than a
+    quarter of that is read directly, region by region.
     It is meant to be created by a graph task, so that it lives while that graph runs (one per
     process: a copy sent to another worker starts empty). Threads asking for the same chunk at
     once wait for the one that decodes it.
@@ -48,7 +49,7 @@ class ChunkCache(Source):
         planned reads are all done (or that was never planned) goes first, least recently used
         first, so that chunks still wanted stay: plain least-recently-used eviction of a working
         set slightly larger than ``max_bytes`` re-reads most chunks (a 512^3 affine resampling in
-        128^3 chunks read 109 chunks of 64 with the default 128 MiB; 73-80 with ``uses``). The
+        128^3 chunks read 109 chunks of 64 with the default 128 MiB; 73-83 with ``uses``). The
         counts only order evictions: a wrong count (e.g. another graph sharing the cache) costs
         a re-read, never a wrong value.
 

@@ -7,7 +7,8 @@ region itself, from a worker, without the graph depending on every chunk. :func:
 recovers the source of an image and checks that the image is still a pure selection of it;
 :func:`read_region` is what such a task calls, and :func:`region_array` wraps one region read in a
 single-task dask array (:class:`lazyreg.io.chunk_cache.ChunkCache` keeps decoded chunks for tasks
-whose regions overlap). :class:`HandleSource` is the base of sources that read through a handle opened lazily (zarr, TIFF).
+whose regions overlap). :class:`HandleSource` is the base of sources that read through a handle
+opened lazily (zarr, TIFF).
 """
 
 from __future__ import annotations
