@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -332,7 +333,7 @@ def _run_one(call: StepCall, fixed, moving, state: dict, *, seed: int, masks: tu
     chained = step.returns == "field" and state["field"] is not None
     if chained:
         # a field step after a field step aligns moving as the previous steps left it
-        moving, moving_mask = _warped_image(fixed, moving, state["affine"], state["field"], masks[1])
+        moving, moving_mask = _warped_image(fixed, moving, state["affine"], state["field"], masks[1], threads)
         if step.accepts("moving_mask"):
             kwargs["moving_mask"] = moving_mask
     result = step.func(fixed, moving, initial=np.eye(4) if chained else state["affine"], **kwargs)
@@ -356,18 +357,20 @@ def _run_one(call: StepCall, fixed, moving, state: dict, *, seed: int, masks: tu
     return new
 
 
-def _warped_image(fixed, moving, affine: Affine, field: DisplacementField, moving_mask) -> tuple:
+def _warped_image(fixed, moving, affine: Affine, field: DisplacementField, moving_mask, threads: int | None) -> tuple:
     """Moving resampled onto fixed's grid through ``[affine, field]`` (0 outside moving), and the
-    mask of the fixed voxels that received moving data (inside ``moving_mask`` if given)."""
+    mask of the fixed voxels that received moving data (inside ``moving_mask`` if given), with
+    ``threads`` ITK threads (default: all cores, as the steps)."""
+    threads = int(threads or os.cpu_count() or 1)
     fg, mg = grid_of(fixed, "fixed"), grid_of(moving, "moving")
     fv = np.asarray(field.values, dtype=np.float32)
     chain = [("affine", np.asarray(affine.matrix, dtype=float), None), ("field", fv, field.grid)]
     warped = resample_array(np.asarray(moving.values), mg, fg, chain, order=3, fill_value=np.nan,
-                            dtype=np.dtype(np.float32))
+                            dtype=np.dtype(np.float32), threads=threads)
     inside = np.isfinite(warped)
     if moving_mask is not None:
         inside &= resample_array(np.asarray(moving_mask.values, dtype=np.uint8), mg, fg, chain, order=0,
-                                 fill_value=0, dtype=np.dtype(np.uint8)).astype(bool)
+                                 fill_value=0, dtype=np.dtype(np.uint8), threads=threads).astype(bool)
     return image(np.where(inside, warped, 0).astype(np.float32), fg.spacing, fg.origin), image(inside, fg.spacing, fg.origin)
 
 
