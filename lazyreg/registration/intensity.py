@@ -30,6 +30,12 @@ __all__ = ["MAP_BIN", "linear_map", "matched_histogram"]
 MAP_BIN = 4
 
 
+def _usable(moving: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """The voxels the maps use: ``valid`` ones (default all) where ``moving`` is finite."""
+    finite = np.isfinite(moving)
+    return finite if valid is None else np.asarray(valid, dtype=bool) & finite
+
+
 def linear_map(
     fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray | None = None, bin_size: int = MAP_BIN
 ) -> tuple[float, float]:
@@ -67,7 +73,7 @@ def linear_map(
     m = np.asarray(moving)
     if f.shape != m.shape:
         raise ValueError(f"linear_map: fixed {f.shape} and moving {m.shape} differ in shape")
-    ok = np.isfinite(m) if valid is None else np.asarray(valid, dtype=bool) & np.isfinite(m)
+    ok = _usable(m, valid)
     m = np.where(ok, m, 0.0)
     k = (bin_size,) * 3
     # bins whose voxels are all valid (a bin with one invalid voxel has a mean of 1 - 1 / k^3 at most)
@@ -100,7 +106,7 @@ def matched_histogram(fixed: np.ndarray, moving: np.ndarray, valid: np.ndarray |
     True
     """
     m = np.array(moving, dtype=np.float32)
-    ok = np.isfinite(m) if valid is None else np.asarray(valid, dtype=bool) & np.isfinite(m)
+    ok = _usable(m, valid)
     n = int(ok.sum())
     if n == 0:
         return m
