@@ -7,7 +7,8 @@ The lazy engine that decides which region each task reads is :mod:`lazyreg.resam
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -17,6 +18,10 @@ from .transforms.affine import Affine
 from .transforms.field import DisplacementField
 
 __all__ = ["resample_array", "cast_to"]
+
+#: Bytes of the region copied into ITK's buffer between two calls of ``resample_array``'s check
+#: (about a core's L2 cache, so that the check reads from it).
+_CHECK_SLAB_BYTES = 1 << 19
 
 _INTERPOLATORS = {0: sitk.sitkNearestNeighbor, 1: sitk.sitkLinear, 3: sitk.sitkBSpline}
 
@@ -64,14 +69,20 @@ def resample_array(
     fill_value: float,
     dtype: np.dtype,
     threads: int = 1,
+    check: Callable[[np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Resample an in-memory moving region onto the ``out`` grid with SimpleITK (one task's work).
 
     Interpolation runs in double precision inside ITK whatever the pixel type, so integer and
     float32 regions are handed over as they are (no float copy); the output is float32 (float64
     for float64 input and for integers of 32 or 64 bits, which float32 cannot hold exactly),
-    rounded and clipped into ``dtype``. Nearest-neighbour resampling (``order=0``) of integers is
-    exact, 64-bit labels beyond 2^53 included (resampled as two 32-bit halves).
+    rounded to nearest and clipped into ``dtype``. Unsigned outputs of 8 and 16 bits from
+    integer regions of up to 16 bits are rounded and clipped by ITK itself as it writes them (no
+    float output, no cast pass; exact ties round up there, to even otherwise). Nearest-neighbour
+    resampling (``order=0``) of integers is exact, 64-bit labels beyond 2^53 included (resampled
+    as two 32-bit halves). ``check``, if given, is called on the values as they are copied into
+    ITK's image, z-slab by z-slab (e.g. :func:`lazyreg.resample_checks.check_moving_values`, at
+    no pass over memory of its own); integer regions that ITK rounds itself are not passed to it.
 
     Examples
     --------
@@ -88,11 +99,15 @@ def resample_array(
     if order == 0 and values.dtype.itemsize == 8 and wide and values.size and np.abs(values).max() >= 2**53:
         return _resample_halves(values, values_grid, out, steps, fill_value, dtype, threads)
     work = np.float64 if values.dtype == np.float64 or wide else np.float32
-    if values.dtype not in _SITK_PIXEL_TYPES:
-        values = values.astype(work)
-    # the region (often a strided view) copied once, straight into the ITK image's buffer
-    img = sitk.Image([int(n) for n in values.shape[::-1]], _SITK_PIXEL_TYPES[values.dtype])
-    _array_of(img)[...] = values
+    direct = _itk_output_type(values.dtype, np.dtype(dtype), order, fill_value)
+    if direct is not None:  # ITK writes the output dtype itself (see _itk_output_type)
+        out_type, fill = direct, float(cast_to(np.array([fill_value]), dtype)[0])
+        img = _itk_image(values, half=order > 0, check=check)
+    else:
+        if values.dtype not in _SITK_PIXEL_TYPES:
+            values = values.astype(work)
+        out_type, fill = _SITK_PIXEL_TYPES[np.dtype(work)], float(fill_value)
+        img = _itk_image(values, check=check)
     img.SetSpacing(values_grid.spacing[::-1])
     img.SetOrigin(values_grid.origin[::-1])
     f = sitk.ResampleImageFilter()
@@ -101,14 +116,14 @@ def resample_array(
     f.SetOutputOrigin(out.origin[::-1])
     f.SetTransform(_to_sitk_transform(steps))
     f.SetInterpolator(_INTERPOLATORS[order])
-    f.SetDefaultPixelValue(float(fill_value))
-    f.SetOutputPixelType(sitk.sitkFloat64 if work == np.float64 else sitk.sitkFloat32)
+    f.SetDefaultPixelValue(fill)
+    f.SetOutputPixelType(out_type)
     # work units, not threads, bound ITK's threads: ITK's pool otherwise splits the call over all
     # the process's default threads, and the tasks dask runs at once oversubscribe the cores
     f.SetNumberOfThreads(int(threads))
     f.SetNumberOfWorkUnits(int(threads))
     res_img = f.Execute(img)
-    if dtype == work:
+    if direct is not None or dtype == work:
         return _array_of(res_img)  # ITK's buffer itself, no copy
     # nearest and linear interpolation (convex combinations) of values in ``dtype`` stay in its range
     in_range = order <= 1 and values.dtype == dtype and np.issubdtype(dtype, np.integer) and (
@@ -116,6 +131,49 @@ def resample_array(
     )
     # a view on ITK's buffer (valid while res_img lives): cast_to makes the one new array
     return cast_to(sitk.GetArrayViewFromImage(res_img), dtype, in_range=in_range)
+
+
+def _itk_output_type(values_dtype: np.dtype, dtype: np.dtype, order: int, fill_value: float) -> int | None:
+    """The SimpleITK pixel type ITK can write ``dtype`` outputs in itself, or None (float, then cast).
+
+    Nearest neighbour into the moving dtype is exact. ITK casts interpolated values to integer
+    outputs by truncation, clamped to the type's range; for unsigned outputs of up to 16 bits and
+    integer moving values of up to 16 bits, handing ITK ``values + 0.5`` in float32 (exact there)
+    makes that truncation a rounding to nearest with clipping: the output needs no float array and
+    no cast pass (same values as the cast, up to exact ties, which go up instead of to even).
+    """
+    if not math.isfinite(float(fill_value)):
+        return None
+    if order == 0 and values_dtype == dtype and dtype in _SITK_PIXEL_TYPES:
+        return _SITK_PIXEL_TYPES[dtype]
+    small_int = np.issubdtype(values_dtype, np.integer) and values_dtype.itemsize <= 2
+    if small_int and dtype in (np.dtype(np.uint8), np.dtype(np.uint16)):
+        return _SITK_PIXEL_TYPES[dtype]
+    return None
+
+
+def _itk_image(values: np.ndarray, *, half: bool = False, check: Callable[[np.ndarray], None] | None = None) -> sitk.Image:
+    """A new ITK image holding ``values`` (often a strided view), copied once into its buffer;
+    ``half=True`` holds ``values + 0.5`` in float32 instead (see :func:`_itk_output_type`).
+
+    ``check`` is called on the copied values, z-slab by z-slab while each slab is still in the
+    cache (contiguous there, unlike ``values``): a check that costs no pass over memory of its own.
+    """
+    size = [int(n) for n in values.shape[::-1]]
+    if half:
+        img = sitk.Image(size, sitk.sitkFloat32)
+        np.add(values, np.float32(0.5), out=_array_of(img), dtype=np.float32)
+        return img
+    img = sitk.Image(size, _SITK_PIXEL_TYPES[values.dtype])
+    buf = _array_of(img)
+    if check is None:
+        buf[...] = values
+        return img
+    step = max(1, _CHECK_SLAB_BYTES // max(1, buf[:1].nbytes))
+    for z in range(0, len(buf), step):
+        buf[z:z + step] = values[z:z + step]
+        check(buf[z:z + step])
+    return img
 
 
 class _ItkBuffer:

@@ -26,6 +26,7 @@ in :mod:`lazyreg.regions`; this module builds the graph and holds the task.
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 import warnings
@@ -158,9 +159,9 @@ def _resample_chunk(plan: _Plan, moving: Any, *dep_blocks: list) -> np.ndarray:
         values = plan.moving_refs.assemble(moving)[region]
     else:
         values = plan.moving_refs.assemble(moving)
-    check_moving_values(values, plan.order, region)
     return resample_array(values, sub_grid(plan.moving, region), plan.out, steps, order=plan.order,
-                          fill_value=plan.fill_value, dtype=plan.dtype, threads=plan.threads)
+                          fill_value=plan.fill_value, dtype=plan.dtype, threads=plan.threads,
+                          check=functools.partial(check_moving_values, order=plan.order, region=region))
 
 
 # --------------------------------------------------------------------------- graph building
@@ -359,9 +360,11 @@ def apply_transform(
     Notes
     -----
     Interpolation runs in SimpleITK inside each task, with ITK threads (work units) set so that
-    the tasks dask runs at once do not oversubscribe the cores. ``.compute()`` of the result puts
-    its chunks together with several threads (:mod:`lazyreg.assembly`). Cubic interpolation prefilters each task's region
-    with a margin of ``MARGIN[3]`` voxels. See ``docs/design.md`` for lazy transforms.
+    the tasks dask runs at once do not oversubscribe the cores. ``.compute()`` of the result has
+    each task write its chunk into the final array (:mod:`lazyreg.assembly`; with worker
+    processes, the chunks are copied into it by several threads). Integer outputs of 8 and 16 bits
+    are rounded to nearest by ITK itself (exact ties up). Cubic interpolation prefilters each
+    task's region with a margin of ``MARGIN[3]`` voxels. See ``docs/design.md`` for lazy transforms.
 
     Examples
     --------

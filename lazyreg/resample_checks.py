@@ -234,7 +234,8 @@ def check_region_bytes(region: Sequence[slice], itemsize: int, out: Grid, bound:
 def check_moving_values(values: np.ndarray, order: int, region: Sequence[slice] | None = None) -> None:
     """Refuse infinite moving values (any order), and NaN under cubic interpolation (``order=3``).
 
-    Called by each task on the region it has read (no extra pass over the image). SimpleITK
+    Called by each task on the region it has read, slab by slab as :func:`resample_array
+    <lazyreg.interpolation.resample_array>` copies it into ITK (no pass of its own). SimpleITK
     clamps infinities to the dtype's largest value and interpolation turns their neighbours into
     NaN; the cubic prefilter spreads a NaN over the whole region a task reads, so the result
     would depend on the output chunks. NaN with ``order`` 0 or 1 stays local (the voxel itself,

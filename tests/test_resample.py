@@ -541,6 +541,41 @@ def test_float_output_is_itk_buffer_without_copy_and_stays_valid():
     assert np.all(resample_array(top, g, g, shift, order=1, fill_value=65535, dtype=top.dtype) == 65535)
 
 
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize(("in_dtype", "out_dtype", "fill"), [
+    ("uint16", "uint16", 0), ("uint16", "uint16", 65535), ("uint8", "uint8", 300.6), ("int16", "uint16", 7.4),
+    ("uint8", "uint16", 3),
+])
+def test_integer_outputs_written_by_itk_equal_the_rounded_float_output(order, in_dtype, out_dtype, fill):
+    """Unsigned outputs of <= 16 bits come straight out of ITK (values + 0.5, truncated and
+    clamped as ITK writes integers): the same values as rounding and clipping ITK's float output,
+    except exact ties, which go up instead of to even; nearest neighbour is exact."""
+    from lazyreg.images import Grid
+    from lazyreg.interpolation import cast_to, resample_array
+
+    rng = np.random.default_rng(11)
+    info = np.iinfo(in_dtype)
+    values = rng.integers(info.min, int(info.max) + 1, size=(9, 10, 11)).astype(in_dtype)
+    values[:3] = info.max  # interpolation at the top of the range, and cubic overshoot beyond it
+    g = Grid(values.shape, (2.0, 1.0, 0.7), (1.0, -2.0, 3.0))
+    A = Affine.from_parameters(rotation=(8.0, 0.0, 5.0), center=(9.0, 4.0, 4.0), translation=(0.4, 1.3, -0.6))
+    steps = [("affine", A.matrix, None)]
+    dtype = np.dtype(out_dtype)
+    out = resample_array(values, g, g, steps, order=order, fill_value=fill, dtype=dtype)
+    assert out.dtype == dtype and type(out.base).__name__ == "_ItkBuffer"  # ITK's buffer, no cast pass
+    exact = resample_array(values, g, g, steps, order=order, fill_value=fill, dtype=np.dtype(np.float64))
+    ref = cast_to(exact, dtype)
+    tie = np.abs(exact - np.floor(exact) - 0.5) < 1e-6
+    assert np.count_nonzero(ref) > 0.3 * ref.size and np.isclose(exact, fill, rtol=0, atol=1e-5).any()  # fill used
+    np.testing.assert_array_equal(out[~tie], ref[~tie])
+    np.testing.assert_array_equal(out[tie], cast_to(np.floor(exact[tie] + 0.5), dtype))  # ties up (then clipped)
+    # ties: half a voxel between 2 and 3 gives 3 (up), where rounding to even gives 2
+    two = np.broadcast_to(np.array([2, 3, 2, 3], dtype=in_dtype), (2, 2, 4)).copy()
+    half = [("affine", Affine.from_translation((0.0, 0.0, 0.5)).matrix, None)]
+    gg = Grid(two.shape, 1.0)
+    assert list(resample_array(two, gg, gg, half, order=1, fill_value=0, dtype=dtype)[0, 0]) == [3, 3, 3, 0]
+
+
 def test_in_memory_moving_is_one_block_and_tasks_take_views_of_it(monkeypatch):
     """A numpy moving image enters the graph as one block (dask's snapshot copy), and each task's
     region is a read-only view of it rather than a region assembled by copying chunk parts; the
