@@ -14,8 +14,8 @@ so that, when it is itself computed:
   threads (numpy copies release the GIL).
 
 Only how the result is put together changes: the chunks' values, the graph of the array and
-every other use of it (slicing, arithmetic, ``to_zarr``, ``persist`` of derived arrays) are those
-of the array given; a chunk that is not a numpy array of the expected shape and dtype is passed
+every other use of it (slicing, arithmetic, ``to_zarr``, ``persist``, ``dask.optimize``) are
+those of the array given; a chunk that is not a numpy array of the expected shape and dtype is passed
 on as it is, and the result is then assembled by copying.
 """
 
@@ -98,7 +98,8 @@ def assemble_chunks(nested: Any) -> np.ndarray:
 class _Canvas:
     """The final array of one ``.compute()``, as a handle: a picklable spec (shape, dtype and an
     id unique to that compute); each process allocates its own array on first use, held only by
-    the parts of it that tasks returned (so a failed compute leaves nothing behind)."""
+    the parts of it that tasks returned (so a failed compute leaves nothing behind once the
+    scheduler's threads have moved on)."""
 
     __slots__ = ("id", "shape", "dtype")
 
