@@ -52,11 +52,21 @@ def _block_grid(nested: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _starts(blocks: dict, grid: tuple[int, ...]) -> list[np.ndarray]:
-    """Where each block row starts along each axis (and the total, last), from the blocks' shapes."""
-    zero = (0,) * len(grid)
-    sizes = [[blocks[zero[:k] + (i,) + zero[k + 1 :]].shape[k] for i in range(n)] for k, n in enumerate(grid)]
+def _offsets(sizes: Any) -> list[np.ndarray]:
+    """Where each block row starts along each axis (and the total, last), from the sizes of the
+    blocks along each axis (dask's ``chunks``)."""
     return [np.concatenate([[0], np.cumsum(s)]).astype(int) for s in sizes]
+
+
+def _starts(blocks: dict, grid: tuple[int, ...]) -> list[np.ndarray]:
+    """:func:`_offsets` from the blocks' own shapes."""
+    zero = (0,) * len(grid)
+    return _offsets([[blocks[zero[:k] + (i,) + zero[k + 1 :]].shape[k] for i in range(n)] for k, n in enumerate(grid)])
+
+
+def _where(starts: list[np.ndarray], idx: tuple[int, ...]) -> tuple[slice, ...]:
+    """The slices of block ``idx`` in the whole array."""
+    return tuple(slice(int(st[i]), int(st[i + 1])) for st, i in zip(starts, idx))
 
 
 def assemble_chunks(nested: Any) -> np.ndarray:
@@ -86,8 +96,7 @@ def assemble_chunks(nested: Any) -> np.ndarray:
     out = np.empty(tuple(int(s[-1]) for s in starts), dtype=first.dtype)
 
     def put(idx: tuple[int, ...]) -> None:
-        where = tuple(slice(int(st[i]), int(st[i + 1])) for st, i in zip(starts, idx))
-        out[where] = blocks[idx]
+        out[_where(starts, idx)] = blocks[idx]
 
     threads = max(1, min(MAX_THREADS, os.cpu_count() or 1, len(blocks)))
     with ThreadPoolExecutor(threads) as pool:
@@ -151,7 +160,7 @@ def _canvas_of(nested: Any) -> np.ndarray | None:
     if canvas.shape != tuple(int(st[-1]) for st in starts):
         return None
     for idx, b in blocks.items():
-        part = canvas[tuple(slice(int(st[i]), int(st[i + 1])) for st, i in zip(starts, idx))]
+        part = canvas[_where(starts, idx)]
         if b.shape != part.shape or b.__array_interface__ != part.__array_interface__:
             return None
     return canvas
@@ -182,13 +191,12 @@ def _optimize_into_canvas(dsk: Any, keys: Any, *, name: str, chunks: tuple, dtyp
         return out
     graph = convert_legacy_graph(ensure_dict(out))
     canvas = _Canvas(shape, dtype)
-    starts = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in chunks]
+    starts = _offsets(chunks)
     for idx in np.ndindex(*[len(c) for c in chunks]):
         key = (name, *idx)
         if key not in graph:
             return out
-        where = tuple(slice(int(st[i]), int(st[i + 1])) for st, i in zip(starts, idx))
-        graph[key] = Task(key, _place, DataNode(None, canvas), DataNode(None, where), graph[key])
+        graph[key] = Task(key, _place, DataNode(None, canvas), DataNode(None, _where(starts, idx)), graph[key])
     return graph
 
 
