@@ -101,7 +101,7 @@ def test_chunks_go_straight_into_the_computed_result(scheduler, monkeypatch):
     """In this process's threads, each chunk task writes its chunk into the final array: the
     chunks are not all held beside it until the end (peak ~1x the result instead of ~2x)."""
     monkeypatch.setattr(lazyreg.assembly, "MIN_THREADED_BYTES", 0)
-    plain = da.random.default_rng(0).random((60, 80, 100), chunks=(20, 32, 40)).astype(np.float32)  # uneven
+    plain = da.random.default_rng(0).random((60, 80, 100), chunks=(20, 32, 40), dtype=np.float32)  # uneven
     x = threaded_assembly(plain)
     ref = plain.compute(scheduler="sync")
     got = x.compute(scheduler=scheduler)
