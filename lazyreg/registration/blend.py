@@ -18,6 +18,7 @@ and can fold the field). A block with no aligned neighbour contributes zero disp
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -41,16 +42,51 @@ DISAGREEMENT = 0.5
 MIN_NEIGHBOURS = 3
 #: Points per slab when evaluating a chunk (bounds the task's temporary memory).
 SLAB_POINTS = 1 << 18
+#: Up to this many points, interpolation gathers the corners itself (else scipy, on a float32 copy).
+GATHER_POINTS = 4096
+
+
+def _corners(idx: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation on axes of ``n`` points at continuous indices ``idx`` (clamped to the
+    axes: edge values beyond): the lower and upper neighbours and the upper one's weight."""
+    t = np.clip(idx, 0.0, n - 1)
+    i0 = np.minimum(t.astype(np.intp), np.maximum(n - 2, 0))
+    return i0, np.minimum(i0 + 1, n - 1), t - i0
 
 
 def _interp_clamped(values: np.ndarray, grid: Grid, points: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of (Z, Y, X, 3) values at physical points, edge values beyond
-    (float16 values, as block fields are kept, are interpolated in float32)."""
-    idx = grid.to_index(points).T
-    out = np.empty((points.shape[0], 3))
+    """Trilinear interpolation of (Z, Y, X, 3) values at physical points (N, 3), edge values beyond.
+
+    A few points gather their eight corners (float16 block fields need no float32 copy); many
+    go through scipy, on a float32 copy of the part of the field they reach."""
+    idx = grid.to_index(points)
+    n = np.asarray(grid.shape)
+    out = np.zeros((len(points), 3))
+    if len(points) <= GATHER_POINTS:
+        i0, i1, f = _corners(idx, n)
+        for corner in itertools.product((0, 1), repeat=3):
+            w = np.prod([f[:, a] if c else 1.0 - f[:, a] for a, c in enumerate(corner)], axis=0)
+            out += w[:, None] * values[tuple((i1 if c else i0)[:, a] for a, c in enumerate(corner))]
+        return out
+    lo, hi = _corners(idx.min(axis=0), n)[0], _corners(idx.max(axis=0), n)[1]
+    part = values[tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))].astype(np.float32)
+    idx = (idx - lo).T
     for c in range(3):
-        out[:, c] = ndi.map_coordinates(values[..., c].astype(np.float32, copy=False), idx, order=1, mode="nearest")
+        out[:, c] = ndi.map_coordinates(part[..., c], idx, order=1, mode="nearest")
     return out
+
+
+def _interp_on_lattice(values: np.ndarray, grid: Grid, axes: tuple[np.ndarray, ...]) -> np.ndarray:
+    """:func:`_interp_clamped` at every point of the lattice ``axes`` (z, y and x coordinates) ->
+    (N, 3): trilinear interpolation is separable there, one axis at a time (float32)."""
+    corners = [_corners((np.asarray(c, dtype=float) - o) / s, np.int64(n))
+               for c, o, s, n in zip(axes, grid.origin, grid.spacing, grid.shape)]
+    lo = [int(i0.min()) for i0, _, _ in corners]
+    out = values[tuple(slice(a, int(i1.max()) + 1) for a, (_, i1, _) in zip(lo, corners))].astype(np.float32)
+    for a, (i0, i1, f) in enumerate(corners):  # only the part of the field the lattice reads
+        f = f.astype(np.float32).reshape((-1,) + (1,) * (3 - a))
+        out = np.take(out, i0 - lo[a], axis=a) * (1 - f) + np.take(out, i1 - lo[a], axis=a) * f
+    return out.reshape(-1, 3)
 
 
 def has_result(result: dict) -> bool:
@@ -78,22 +114,27 @@ def local_displacement(result: dict, points: np.ndarray) -> np.ndarray:
     >>> local_displacement({"status": "skipped"}, np.zeros((1, 3)))
     array([[0., 0., 0.]])
     """
+    return _displacement(result, points, lambda values, g: _interp_clamped(values, g, points))
+
+
+def _displacement(result: dict, points: np.ndarray, at_points) -> np.ndarray:
+    """:func:`local_displacement`, with ``at_points(values, grid)`` interpolating a field given on
+    ``grid`` at ``points`` themselves (the coarse field after a block's matrix is interpolated at
+    the mapped points)."""
     coarse = result.get("coarse")
     if has_result(result):
         y = points
         if result.get("field") is not None:
-            values, g = result["field"]
-            y = points + _interp_clamped(values, g, points)
+            y = points + at_points(*result["field"])
         m = result["matrix"]
         y = y @ m[:3, :3].T + m[:3, 3]
         if coarse is not None:
             y = y + _interp_clamped(coarse[0], coarse[1], y)
         return y - points
     if result.get("fill") is not None:
-        values, g = result["fill"]
-        return _interp_clamped(values, g, points)
+        return at_points(*result["fill"])
     if coarse is not None:  # no result of its own and no aligned neighbour: the coarse field
-        return _interp_clamped(coarse[0], coarse[1], points)
+        return at_points(*coarse)
     return np.zeros_like(points, dtype=float)
 
 
@@ -210,26 +251,30 @@ def field_chunk(layout: BlockLayout, chunk: Grid, *results: dict) -> np.ndarray:
         if all(v.any() for v in w):
             weights.append((r, w))
     out = np.zeros(chunk.shape + (3,), dtype=np.float32)
-    plane = len(yc) * len(xc)
-    step = max(1, SLAB_POINTS // max(plane, 1))
-    yy, xx = np.meshgrid(yc, xc, indexing="ij")
+    step = max(1, SLAB_POINTS // max(len(yc) * len(xc), 1))
     for z0 in range(0, len(zc), step):
         zs = zc[z0 : z0 + step]
-        pts = np.empty((len(zs), len(yc), len(xc), 3))
-        pts[..., 0] = zs[:, None, None]
-        pts[..., 1] = yy
-        pts[..., 2] = xx
-        pts = pts.reshape(-1, 3)
-        num = np.zeros_like(pts)
-        den = np.zeros(len(pts))
+        num = np.zeros((len(zs), len(yc), len(xc), 3))
+        den = np.zeros((len(zs), len(yc), len(xc)))
         for r, (wz, wy, wx) in weights:
-            w = (wz[z0 : z0 + step, None, None] * wy[None, :, None] * wx[None, None, :]).ravel()
-            sel = w > 0
-            if not sel.any():
+            # a block's weight is positive on a box of the lattice (a product of intervals)
+            box = tuple(_positive(v) for v in (wz[z0 : z0 + step], wy, wx))
+            if any(b is None for b in box):
                 continue
-            num[sel] += w[sel, None] * local_displacement(r, pts[sel])
-            den[sel] += w[sel]
+            bz, by, bx = ((v[b] for v, b in zip((wz[z0 : z0 + step], wy, wx), box)))
+            w = bz[:, None, None] * by[None, :, None] * bx[None, None, :]
+            axes = tuple(c[b] for c, b in zip((zs, yc, xc), box))
+            pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+            u = _displacement(r, pts, lambda values, g: _interp_on_lattice(values, g, axes))
+            num[box] += w[..., None] * u.reshape(w.shape + (3,))
+            den[box] += w
         good = den > 0
         num[good] /= den[good, None]
-        out[z0 : z0 + step] = num.reshape(len(zs), len(yc), len(xc), 3)
+        out[z0 : z0 + step] = num
     return out
+
+
+def _positive(w: np.ndarray) -> slice | None:
+    """The slice from the first to the last positive weight (None if none is)."""
+    nz = np.flatnonzero(w > 0)
+    return slice(int(nz[0]), int(nz[-1]) + 1) if len(nz) else None
