@@ -24,7 +24,8 @@ A task's expensive *inputs* must not run before the cache is consulted, so regis
 receive them as a :class:`Deferred` recipe that :func:`cached_call` evaluates only on a miss:
 regions read from a store-backed image, or the moving region resampled through the static
 transforms. Inputs that are dask graphs of their own (images neither in memory nor store-backed)
-stay graph dependencies and run each time: write such images to zarr, or ``persist`` them.
+stay graph dependencies and run each time: write such images to zarr, or ``persist`` them, or
+give :func:`lazyreg.align` the filter that made them as ``prepare`` (it then runs inside the task).
 
 :func:`cache_info` counts, per kind of task, how many results were computed and how many reused,
 in this process (tests use it to prove that each block runs once).

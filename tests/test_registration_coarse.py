@@ -76,6 +76,23 @@ def test_left_out_after_a_field_for_one_block_and_for_tiny_images(pair):
     assert one.data.name == off.data.name
 
 
+def test_the_images_are_read_and_put_in_local_contrast_once_with_the_coarse_field(pair):
+    from lazyreg.testing import counting_image
+
+    fixed, moving, A, _ = pair
+    (f, flog), (m, mlog) = counting_image(fixed, chunks=(32, 48, 48)), counting_image(moving, chunks=(32, 48, 48))
+    quick = {**COARSE_OPTIONS, "shrink_factors": (4,), "control_point_levels": (1,),
+             "optimizer_args": {"numberOfIterations": 3}}
+    G = coarse_field(f, m, [A], quick)
+    first = G.compute(scheduler="threads")
+    assert flog.voxels == fixed.size and mlog.voxels == moving.size
+    flog.clear()
+    mlog.clear()
+    again = coarse_field(f, m, [A], quick).compute(scheduler="threads")  # e.g. a second to_zarr
+    assert flog.reads == [] and mlog.reads == [] and cache_info()["align"]["computed"] == 1
+    np.testing.assert_array_equal(first.values, again.values)
+
+
 @pytest.mark.slow
 def test_blocks_choose_their_start_and_the_coarse_stage_lowers_their_error(pair, monkeypatch):
     fixed, moving, A, d = pair

@@ -88,6 +88,43 @@ def test_the_block_inputs_are_not_read_when_the_result_is_cached(tmp_path):
     assert cache_info()["block"]["computed"] == 8 and cache_info()["block"]["reused"] == 8
 
 
+_PREPARED: list = []
+
+
+def _scaled(img, factor):
+    """A ``prepare`` function: module level, so that dask tokenizes it by name and arguments."""
+    _PREPARED.append(img.shape)
+    return img * factor
+
+
+def test_prepare_runs_inside_the_registration_task_once():
+    from functools import partial
+
+    from lazyreg.testing import counting_image
+
+    fixed, moving, _ = lazyreg.data.synthetic_pair((16, 32, 32), seed=0)
+    f, flog = counting_image(fixed)
+    m, mlog = counting_image(moving)
+    _PREPARED.clear()
+    A = lazyreg.align(f, m, STEPS, prepare=partial(_scaled, factor=2.0))
+    assert _PREPARED == [] and flog.reads == []  # lazy
+    A.compute(scheduler="threads")
+    assert _PREPARED == [fixed.shape, moving.shape] and flog.reads and mlog.reads
+    flog.clear()
+    mlog.clear()
+    A.compute(scheduler="threads")
+    assert len(_PREPARED) == 2 and flog.reads == [] and mlog.reads == [] and _computed("align") == 1
+    # part of the cache key: another prepare is another result, equal to aligning the prepared images
+    B = lazyreg.align(f, m, STEPS, prepare=partial(_scaled, factor=3.0)).compute(scheduler="threads")
+    assert _computed("align") == 2
+    ref = lazyreg.align(fixed * 3.0, moving * 3.0, STEPS).compute(scheduler="threads")
+    np.testing.assert_allclose(np.asarray(B.matrix), np.asarray(ref.matrix), rtol=0, atol=1e-9)
+    with pytest.raises(lazyreg.LazyregError, match="prepare: expected a function of an image, got str"):
+        lazyreg.align(f, m, STEPS, prepare="contrast")
+    with pytest.raises(lazyreg.LazyregError, match=r"prepare: expected an image of fixed's shape \(16, 32, 32\), got \(32, 32\)"):
+        lazyreg.align(f, m, STEPS, prepare=lambda img: img[0]).compute(scheduler="threads")
+
+
 def test_a_changed_input_file_is_computed_again(stored_pair):
     fixed, moving, out = stored_pair
     lazyreg.align(fixed, moving, STEPS).compute(scheduler="threads")

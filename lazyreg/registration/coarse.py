@@ -5,7 +5,7 @@ structure, a block's deformation is poorly constrained and its neighbours cannot
 whole-volume B-spline with a coarse mesh (elastix's and ANTs' starting point) is constrained by
 all of the image and extrapolates smoothly towards the edges. ``align_piecewise`` runs it first,
 through :func:`lazyreg.align` (one task, computed once per session), on both images in local
-contrast (:func:`lazyreg.registration.contrast.local_contrast`), and each block runs its first step from the static transforms
+contrast (:func:`lazyreg.registration.contrast.local_contrast`, inside that task), and each block runs its first step from the static transforms
 alone and from them and the coarse field, and goes on from the better
 (:func:`lazyreg.registration.block_align.align_block`).
 
@@ -24,6 +24,7 @@ full-size pair (stride 4) 0.84 GiB peak RSS of the process, 13 s.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping
 
@@ -186,8 +187,9 @@ def coarse_field(
     for t in static:
         initial = initial @ t
     sigma = COARSE_CONTRAST_FRACTION * finest
-    _, field = align(local_contrast(_strided(fixed, kf), sigma), local_contrast(_strided(moving, km), sigma),
-                     [("deform", opts)], fixed_mask=_strided(fixed_mask, kf), initial=initial, seed=seed)
+    # in local contrast inside the registration task: computed once, with the coarse field
+    _, field = align(_strided(fixed, kf), _strided(moving, km), [("deform", opts)], fixed_mask=_strided(fixed_mask, kf),
+                     initial=initial, seed=seed, prepare=functools.partial(local_contrast, sigma=sigma))
     g = field.grid
     pad = np.ceil(np.broadcast_to(np.asarray(margin, dtype=float), (3,)) / np.asarray(g.spacing)).astype(int) + 1
     values = da.pad(field.data, [(int(p), int(p)) for p in pad] + [(0, 0)], mode="edge")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 from scipy import ndimage as ndi
@@ -46,18 +45,17 @@ def contrast_values(values: np.ndarray, sigma: Sequence[float]) -> np.ndarray:
 
 
 def local_contrast(img: xr.DataArray, sigma: float) -> xr.DataArray:
-    """``img`` in local contrast (:func:`contrast_values`), lazily, with windows of ``sigma``
-    physical units. One task over the whole image: meant for images that fit in memory (the coarse
-    stage's).
+    """``img`` (in memory) in local contrast (:func:`contrast_values`), with windows of ``sigma``
+    physical units per axis, on the same grid (float32). The coarse stage passes it to
+    :func:`lazyreg.align` as ``prepare``, so that it runs inside the registration task.
 
     Examples
     --------
     >>> import lazyreg
     >>> img = lazyreg.image(np.random.default_rng(0).random((16, 16, 48)) * np.arange(1, 49), 1.0)
-    >>> out = local_contrast(img, 3.0)    # lazy; the brightness ramp along x is gone:
+    >>> out = local_contrast(img, 3.0)    # the brightness ramp along x is gone:
     >>> [round(float(x[..., 8:16].std() / x[..., 32:40].std()), 2) for x in (img, out)]
     [0.37, 0.92]
     """
     sig = tuple(float(sigma) / s for s in grid_of(img).spacing)
-    data = da.asarray(img.data).rechunk(-1).map_blocks(contrast_values, sig, dtype=np.float32)
-    return img.copy(data=data)
+    return img.copy(data=contrast_values(np.asarray(img.values), sig))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import dask
 import dask.array as da
@@ -41,6 +41,16 @@ def _run(calls: list, fixed, moving, fixed_mask, moving_mask, initial, seed: int
     }
 
 
+def _prepared(prepare: Callable, img: xr.DataArray, name: str) -> xr.DataArray:
+    out = prepare(img)
+    if not isinstance(out, xr.DataArray) or out.shape != img.shape:
+        raise LazyregError(
+            f"prepare: expected an image of {name}'s shape {img.shape}, got "
+            f"{getattr(out, 'shape', type(out).__name__)}"
+        )
+    return out
+
+
 def _pick(state: dict, key: str) -> Any:
     return state[key]
 
@@ -54,6 +64,7 @@ def align(
     moving_mask: xr.DataArray | None = None,
     initial: Any = None,
     seed: int = 0,
+    prepare: Callable[[xr.DataArray], xr.DataArray] | None = None,
 ) -> Affine | list:
     """Global alignment of ``moving`` to ``fixed`` by a pipeline of steps, returned lazily.
 
@@ -87,6 +98,13 @@ def align(
         Starting transform (concrete or lazy); default identity.
     seed : int
         Seed for every random choice (step ``i`` gets ``seed + i``); results are deterministic.
+    prepare : callable, optional
+        Applied to ``fixed`` and to ``moving`` (in memory, read whole) inside the registration
+        task, before the steps - e.g. a filter: ``prepare(image) -> image`` on the same grid. It
+        runs only when the result is not cached yet, so later computations do not pay for it
+        again (a lazily filtered image passed instead would be filtered at every computation
+        that needs the result). It must be deterministic; it is part of the result's cache key
+        (a module-level function or a ``functools.partial`` of one).
 
     Returns
     -------
@@ -120,8 +138,10 @@ def align(
         init = ts[0].matrix
     seed = check_seed(seed)
     field_grid = field_step_grid(calls, grid_of(fixed, "fixed"))
+    if prepare is not None and not callable(prepare):
+        raise LazyregError(f"prepare: expected a function of an image, got {type(prepare).__name__}")
 
-    state = _state(calls, fixed, moving, fixed_mask, moving_mask, init, seed, field_grid)
+    state = _state(calls, fixed, moving, fixed_mask, moving_mask, init, seed, field_grid, prepare)
     matrix = da.from_delayed(dask.delayed(_pick, pure=True)(state, "matrix"), (4, 4), dtype=np.float64)
     report = dask.delayed(_pick, pure=True)(state, "reports")
     affine = Affine(matrix, report=report)
@@ -136,18 +156,21 @@ def _readable_in_chunks(img: xr.DataArray) -> bool:
     return is_chunked(img) and find_source(img) is not None
 
 
-def _state(calls, fixed, moving, fixed_mask, moving_mask, init, seed: int, field_grid) -> Delayed:
+def _state(calls, fixed, moving, fixed_mask, moving_mask, init, seed: int, field_grid, prepare=None) -> Delayed:
     """One task running every step, computed at most once per session (:mod:`lazyreg.result_cache`).
 
     Store-backed images are read inside the task, only when its result is not cached yet: whole,
-    or chunk by chunk when all its steps can work so (:mod:`lazyreg.registration.step_inputs`).
+    or chunk by chunk when all its steps can work so (:mod:`lazyreg.registration.step_inputs`);
+    then ``prepare``, if any, is applied to them there.
     """
     deps: list = []
     collections: list = []
-    unread = reads_in_chunks(calls, (fixed_mask, moving_mask))
+    unread = prepare is None and reads_in_chunks(calls, (fixed_mask, moving_mask))
     # a store-backed level of several chunks goes in unread when every step reads it chunk by
     # chunk or binned (step_inputs); otherwise the task reads it whole, once
     images = [x if unread and _readable_in_chunks(x) else image_recipe(x, deps, collections) for x in (fixed, moving)]
+    if prepare is not None:
+        images = [(_prepared, prepare, x, name) for x, name in zip(images, ("fixed", "moving"))]
     images += [image_recipe(x, deps, collections) for x in (fixed_mask, moving_mask)]
     if isinstance(init, da.Array):
         collections.append(init)
@@ -159,6 +182,7 @@ def _state(calls, fixed, moving, fixed_mask, moving_mask, init, seed: int, field
         "align", [(c.as_pair(), c.step.func, c.step.fixed_options) for c in calls],
         [None if x is None else x.data for x in (fixed, moving, fixed_mask, moving_mask)],
         [None if x is None else grid_of(x) for x in (fixed, moving)], init, seed, field_grid,
+        *(() if prepare is None else (prepare,)),
     )
     name = f"lazyreg-align-{token}"
     recipe = Deferred([calls, *images, init_spec, seed, field_grid])
