@@ -20,6 +20,8 @@ SHAPE = (64, 96, 96)
 STEPS = [("affine", {"shrink_factors": (2,)})]
 KW = {"foreground_fraction": 0.1}  # the phantom is sparse
 BLOCKS = (32, 48, 48)
+#: The coarse stage's first two levels (shrink 4 and 2, the mesh refined once).
+TWO_LEVELS = {"shrink_factors": (4, 2), "control_point_levels": (1, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +98,17 @@ def test_the_images_are_read_and_put_in_local_contrast_once_with_the_coarse_fiel
 @pytest.mark.slow
 def test_blocks_choose_their_start_and_the_coarse_stage_lowers_their_error(pair, monkeypatch):
     fixed, moving, A, d = pair
+    # the stage's last level at full resolution (the default) costs 6 s more here and adds nothing
+    # to what this test shows (measured mean error 0.42 voxel with the defaults, 0.38 with these)
     clear_cache()
     with dask.config.set(scheduler="threads"):
-        field = lazyreg.align_piecewise(fixed, moving, STEPS, blocksize=BLOCKS, static_transforms=[A], coarse=True, **KW).compute()
+        field = lazyreg.align_piecewise(fixed, moving, STEPS, blocksize=BLOCKS, static_transforms=[A], coarse=TWO_LEVELS, **KW).compute()
         off = lazyreg.align_piecewise(fixed, moving, STEPS, blocksize=BLOCKS, static_transforms=[A], **KW).compute()
         assert cache_info()["align"]["computed"] == 1  # the coarse stage, once
         # blocks forced to keep the static start give the blocks alone: their maps leave the coarse field out
         monkeypatch.setattr(block_align, "_better_start", lambda runs, call, compare: (runs[0].step(0, call), runs[0])[1])
         clear_cache()
-        static = lazyreg.align_piecewise(fixed, moving, STEPS, blocksize=BLOCKS, static_transforms=[A], coarse=True, **KW).compute()
+        static = lazyreg.align_piecewise(fixed, moving, STEPS, blocksize=BLOCKS, static_transforms=[A], coarse=TWO_LEVELS, **KW).compute()
     np.testing.assert_allclose(static.values, off.values, atol=1e-5)
     assert {r["start"] for r in static.report if r["status"] == "ok"} == {"static"}
     aligned = [r for r in field.report if r["status"] in ("ok", "unchanged")]
